@@ -1,0 +1,54 @@
+"""ASGI middleware in front of Django."""
+
+import json
+
+from django.conf import settings
+
+from sessions_app.errors import error_body
+
+
+class RequestBodyLimit:
+    """Answer 413 to an HTTP request whose body exceeds DATA_UPLOAD_MAX_MEMORY_SIZE, before Django
+    reads it: Django's ASGI handler would otherwise buffer any body whole (to disk past a size)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                return await self._too_large(send)
+        received = 0
+        refused = False
+
+        async def bounded_receive():
+            nonlocal received, refused
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    refused = True
+                    # Django stops reading at a disconnect; the 413 is sent below.
+                    return {"type": "http.disconnect"}
+            return message
+
+        await self.app(scope, bounded_receive, send)
+        if refused:
+            await self._too_large(send)
+
+    async def _too_large(self, send) -> None:
+        body = json.dumps(error_body("too_large", "The request body is too large.")).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,39 @@
+"""Reads: a user's sessions and a session's history. Every lookup is scoped to the user."""
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import QuerySet
+
+from sessions_app.agents import HistoryMessage
+from sessions_app.models import ChatMessage, ChatSession
+
+
+def session_list(*, user: AbstractBaseUser) -> QuerySet[ChatSession]:
+    """The user's sessions, most recently active first."""
+    return ChatSession.objects.filter(owner=user).order_by("-last_activity_at", "-id")
+
+
+def session_get(
+    *, user: AbstractBaseUser, session_id: str, agent_id: str, project_id: str
+) -> ChatSession:
+    """The user's session with this key; raises ChatSession.DoesNotExist otherwise, also when the
+    session belongs to someone else."""
+    return ChatSession.objects.get(
+        owner=user, session_id=session_id, agent_id=agent_id, project_id=project_id
+    )
+
+
+def session_messages(*, session: ChatSession) -> QuerySet[ChatMessage]:
+    """The session's messages in conversation order."""
+    return ChatMessage.objects.filter(session=session).order_by("seq")
+
+
+def session_history_window(
+    *, session: ChatSession, before_seq: int, limit: int
+) -> list[HistoryMessage]:
+    """The last `limit` messages before `before_seq`, oldest first: the context for an agent."""
+    rows = (
+        ChatMessage.objects.filter(session=session, seq__lt=before_seq)
+        .order_by("-seq")
+        .values_list("role", "content")[:limit]
+    )
+    return [HistoryMessage(role=role, content=content) for role, content in reversed(rows)]

@@ -1,0 +1,99 @@
+"""Request and response shapes of the chat API, shared by REST and WebSocket."""
+
+from django.conf import settings
+from rest_framework import serializers
+
+from sessions_app.agents import agent_ids
+from sessions_app.models import IDENTIFIER_PATTERN, ChatMessage, ChatSession
+
+IDENTIFIER_HELP = "1-128 characters of letters, digits, '.', '_', ':' or '-'."
+
+
+class StrictCharField(serializers.CharField):
+    """A CharField that takes only JSON strings (DRF's turns numbers into text) of valid UTF-8."""
+
+    default_error_messages = {
+        "not_a_string": "Must be a string.",
+        "bad_text": "Must be valid Unicode text.",
+    }
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("not_a_string")
+        try:
+            # A lone surrogate ("\ud800" in JSON) parses but cannot be stored.
+            data.encode("utf-8")
+        except UnicodeEncodeError:
+            self.fail("bad_text")
+        return super().to_internal_value(data)
+
+
+class IdentifierField(serializers.RegexField, StrictCharField):
+    def __init__(self, **kwargs):
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("help_text", IDENTIFIER_HELP)
+        super().__init__(
+            IDENTIFIER_PATTERN, error_messages={"invalid": f"Use {IDENTIFIER_HELP}"}, **kwargs
+        )
+
+
+def validate_agent_id(value: str) -> str:
+    if value not in settings.CHAT_AGENTS:
+        raise serializers.ValidationError(
+            f"Unknown agent {value!r}; known agents: {', '.join(agent_ids())}."
+        )
+    return value
+
+
+class ChatRequestSerializer(serializers.Serializer):
+    message = StrictCharField(max_length=settings.CHAT_MAX_MESSAGE_CHARS)
+    session_id = IdentifierField(help_text=f"{IDENTIFIER_HELP} Omit it to start a new session.")
+    agent_id = IdentifierField(validators=[validate_agent_id])
+    project_id = IdentifierField()
+
+
+class SessionLookupSerializer(serializers.Serializer):
+    """The query parameters that pick one of the sessions sharing a session_id."""
+
+    agent_id = IdentifierField()
+    project_id = IdentifierField()
+
+    def validate(self, attrs):
+        attrs.setdefault("agent_id", settings.CHAT_DEFAULT_AGENT)
+        attrs.setdefault("project_id", settings.CHAT_DEFAULT_PROJECT)
+        return attrs
+
+
+class ChatReplySerializer(serializers.Serializer):
+    session_id = serializers.CharField(source="session.session_id")
+    agent_id = serializers.CharField(source="session.agent_id")
+    project_id = serializers.CharField(source="session.project_id")
+    reply = serializers.CharField()
+    thread_id = serializers.CharField(source="session.foundry_thread_id", allow_null=True)
+    persistence = serializers.ChoiceField(choices=["local", "foundry"])
+
+
+class SessionSerializer(serializers.ModelSerializer):
+    thread_id = serializers.CharField(source="foundry_thread_id", allow_null=True)
+    message_count = serializers.IntegerField(source="last_seq")
+
+    class Meta:
+        model = ChatSession
+        fields = [
+            "session_id",
+            "agent_id",
+            "project_id",
+            "thread_id",
+            "message_count",
+            "created_at",
+            "updated_at",
+            "last_activity_at",
+        ]
+        read_only_fields = fields
+
+
+class MessageSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ChatMessage
+        fields = ["seq", "role", "content", "agent_id", "created_at"]
+        read_only_fields = fields
