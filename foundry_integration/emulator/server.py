@@ -1,0 +1,395 @@
+"""HTTP side of the emulator: the aiohttp app, the blocking CLI runner and a background test server.
+
+API routes live under `/api/projects/{project}` and behave like the classic Agent Service
+threads API (see `wire.py`); each one passes the fault knobs, then auth, then the `api-version`
+check. Control routes live under `/_emulator` and are never faulted, counted or authenticated.
+"""
+
+import asyncio
+import ipaddress
+import json
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Self
+
+from aiohttp import web
+
+from .state import EmulatorState, Fault
+from .wire import (
+    ApiError,
+    JsonObject,
+    error_body,
+    parse_message_input,
+    parse_metadata,
+    parse_page_request,
+    parse_tool_resources,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8700
+API_PREFIX = "/api/"
+PROJECT_ROOT = "/api/projects/{project}"
+
+# nginx's "connection closed without response"; a dropped request only shows it in the access log.
+_STATUS_DROPPED = 444
+
+STATE_KEY = web.AppKey("emulator_state", EmulatorState)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_app(*, state: EmulatorState | None = None) -> web.Application:
+    """An aiohttp app serving the threads API and the `/_emulator` control routes over `state`.
+
+    Without `state`, a fresh in-memory state with no faults is used; read it back through
+    `app[STATE_KEY]`.
+    """
+    app = web.Application(middlewares=[_api_middleware])
+    app[STATE_KEY] = state if state is not None else EmulatorState()
+    app.router.add_post(f"{PROJECT_ROOT}/threads", _create_thread)
+    app.router.add_get(f"{PROJECT_ROOT}/threads/{{thread_id}}", _get_thread)
+    app.router.add_post(f"{PROJECT_ROOT}/threads/{{thread_id}}", _update_thread)
+    app.router.add_delete(f"{PROJECT_ROOT}/threads/{{thread_id}}", _delete_thread)
+    app.router.add_post(f"{PROJECT_ROOT}/threads/{{thread_id}}/messages", _create_message)
+    app.router.add_get(f"{PROJECT_ROOT}/threads/{{thread_id}}/messages", _list_messages)
+    # Everything else under /api (runs, agents, files, ...) gets the service's error body, not
+    # aiohttp's plain-text 404/405, so SDK callers see a clear HttpResponseError.
+    app.router.add_route("*", "/api/{tail:.*}", _not_implemented)
+    app.router.add_get("/_emulator/state", _control_state)
+    app.router.add_post("/_emulator/faults", _control_faults)
+    app.router.add_post("/_emulator/reset", _control_reset)
+    app.router.add_delete("/_emulator/threads/{thread_id}", _control_delete_thread)
+    app.router.add_get("/_emulator/threads/{thread_id}/messages", _control_messages)
+    return app
+
+
+@web.middleware
+async def _api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not request.path.startswith(API_PREFIX):
+        return await _call_handler(request, handler)
+    state = request.app[STATE_KEY]
+    auth = _auth_kind(request)
+    # Counted before anything can fail, so "zero requests reached the emulator" is assertable.
+    state.record_request(route=_route_template(request), auth=auth)
+    if state.latency_ms > 0:
+        await asyncio.sleep(state.latency_ms / 1000)
+    fault = state.take_fault()
+    if fault is Fault.DROP:
+        state.record_outcome("dropped")
+        if request.transport is not None:
+            request.transport.close()
+        return web.Response(status=_STATUS_DROPPED)
+    response = await _answer_api_request(request, handler, fault=fault, auth=auth, state=state)
+    state.record_outcome(str(response.status))
+    return response
+
+
+async def _answer_api_request(
+    request: web.Request, handler: Handler, *, fault: Fault | None, auth: str, state: EmulatorState
+) -> web.StreamResponse:
+    if fault is Fault.THROTTLE:
+        return _error_response(
+            429,
+            "Rate limit exceeded (emulator throttle_next).",
+            headers={"Retry-After": str(state.retry_after_s)},
+        )
+    if fault is Fault.FAIL:
+        return _error_response(500, "Internal server error (emulator fail_next).")
+    if fault is Fault.RANDOM_ERROR:
+        return _error_response(500, "Internal server error (emulator error_rate).")
+    if auth == "missing":
+        return _error_response(
+            401, "Access denied: send 'Authorization: Bearer <token>' or an 'api-key' header."
+        )
+    if "api-version" not in request.query:
+        return _error_response(400, "Missing required query parameter: 'api-version'.")
+    return await _call_handler(request, handler)
+
+
+async def _call_handler(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return _error_response(exc.status, exc.message)
+
+
+def _auth_kind(request: web.Request) -> str:
+    """`bearer`, `api-key` or `missing`; the credential itself is never kept or logged."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return "bearer"
+    if request.headers.get("api-key", "").strip():
+        return "api-key"
+    return "missing"
+
+
+def _route_template(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    template = resource.canonical if resource is not None else request.path
+    return f"{request.method} {template}"
+
+
+def _error_response(
+    status: int, message: str, *, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response(error_body(message), status=status, headers=headers)
+
+
+async def _json_body(request: web.Request) -> JsonObject:
+    """The request's JSON object; an empty body counts as `{}`."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise ApiError(400, "The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.")
+    return body
+
+
+def _project_and_thread(request: web.Request) -> tuple[str, str]:
+    return request.match_info["project"], request.match_info["thread_id"]
+
+
+async def _create_thread(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    raw_messages = body.get("messages")
+    if raw_messages is None:
+        raw_messages = []
+    if not isinstance(raw_messages, list):
+        raise ApiError(400, "Invalid 'messages': expected an array.")
+    messages = [
+        parse_message_input(raw, param=f"messages[{index}].")
+        for index, raw in enumerate(raw_messages)
+    ]
+    thread = request.app[STATE_KEY].store.create_thread(
+        request.match_info["project"],
+        metadata=parse_metadata(body.get("metadata")),
+        tool_resources=parse_tool_resources(body.get("tool_resources")),
+        messages=messages,
+    )
+    return web.json_response(thread)
+
+
+async def _get_thread(request: web.Request) -> web.Response:
+    project, thread_id = _project_and_thread(request)
+    return web.json_response(request.app[STATE_KEY].store.get_thread(project, thread_id))
+
+
+async def _update_thread(request: web.Request) -> web.Response:
+    project, thread_id = _project_and_thread(request)
+    body = await _json_body(request)
+    # The SDK leaves out arguments that are None, so an absent (or null) field means "unchanged".
+    metadata = body.get("metadata")
+    tool_resources = body.get("tool_resources")
+    thread = request.app[STATE_KEY].store.update_thread(
+        project,
+        thread_id,
+        metadata=parse_metadata(metadata) if metadata is not None else None,
+        tool_resources=parse_tool_resources(tool_resources) if tool_resources is not None else None,
+    )
+    return web.json_response(thread)
+
+
+async def _delete_thread(request: web.Request) -> web.Response:
+    project, thread_id = _project_and_thread(request)
+    request.app[STATE_KEY].store.delete_thread(project, thread_id)
+    return web.json_response({"id": thread_id, "object": "thread.deleted", "deleted": True})
+
+
+async def _create_message(request: web.Request) -> web.Response:
+    project, thread_id = _project_and_thread(request)
+    store = request.app[STATE_KEY].store
+    store.get_thread(project, thread_id)  # an unknown thread is a 404 even when the body is bad
+    message = parse_message_input(await _json_body(request))
+    return web.json_response(store.create_message(project, thread_id, message))
+
+
+async def _list_messages(request: web.Request) -> web.Response:
+    project, thread_id = _project_and_thread(request)
+    store = request.app[STATE_KEY].store
+    store.get_thread(project, thread_id)
+    page = parse_page_request(request.query)
+    return web.json_response(store.list_messages(project, thread_id, page))
+
+
+async def _not_implemented(request: web.Request) -> web.Response:
+    raise ApiError(
+        501,
+        f"The Foundry emulator does not implement {request.method} {request.path}; "
+        "it serves the classic threads and messages API only.",
+    )
+
+
+async def _control_state(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATE_KEY].snapshot())
+
+
+async def _control_faults(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    try:
+        state.configure_faults(**await _json_body(request))
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    return web.json_response(state.snapshot())
+
+
+async def _control_reset(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    state.reset(clear_data=request.query.get("data", "").lower() in ("1", "true", "yes"))
+    return web.json_response(state.snapshot())
+
+
+async def _control_delete_thread(request: web.Request) -> web.Response:
+    thread_id = request.match_info["thread_id"]
+    if not request.app[STATE_KEY].store.remove_thread_anywhere(thread_id):
+        raise ApiError(404, f"No thread found with id '{thread_id}'.")
+    return web.json_response({"id": thread_id, "deleted": True})
+
+
+async def _control_messages(request: web.Request) -> web.Response:
+    thread_id = request.match_info["thread_id"]
+    messages = request.app[STATE_KEY].store.messages_anywhere(thread_id)
+    if messages is None:
+        raise ApiError(404, f"No thread found with id '{thread_id}'.")
+    return web.json_response({"object": "list", "thread_id": thread_id, "data": messages})
+
+
+def check_bind_host(host: str, *, allow_remote: bool) -> None:
+    """Raise ValueError for a non-loopback `host` unless `allow_remote`: the auth is not real."""
+    if allow_remote or _is_loopback(host):
+        return
+    raise ValueError(
+        f"Refusing to listen on {host!r}: the emulator accepts any credential. "
+        "Use a loopback address, or pass --allow-remote if you really mean it."
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run_emulator(
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    state: EmulatorState | None = None,
+    allow_remote: bool = False,
+) -> None:
+    """Serve the emulator until interrupted (Ctrl+C); ValueError for a refused non-loopback host."""
+    check_bind_host(host, allow_remote=allow_remote)
+    state = state if state is not None else EmulatorState()
+    store = state.store_path if state.store_path is not None else "in memory"
+    logger.info(
+        "Foundry emulator: endpoint http://%s:%d/api/projects/<project>, store %s",
+        host,
+        port,
+        store,
+    )
+    web.run_app(create_app(state=state), host=host, port=port)
+
+
+class EmulatorServer:
+    """The emulator on a free loopback port, served from a background thread with its own loop.
+
+    For tests and benchmarks: `start()` returns the base URL, `stop()` shuts it down, and the
+    object is a context manager. `state` is shared with the running app, so knobs can be set
+    in-process between requests.
+    """
+
+    def __init__(
+        self, state: EmulatorState | None = None, *, host: str = DEFAULT_HOST, port: int = 0
+    ) -> None:
+        self.state = state if state is not None else EmulatorState()
+        self.host = host
+        self.port = port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._startup_error: BaseException | None = None
+
+    @property
+    def base_url(self) -> str:
+        """`http://HOST:PORT` of the running server."""
+        if self._thread is None:
+            raise RuntimeError("the emulator server is not running")
+        return f"http://{self.host}:{self.port}"
+
+    def project_endpoint(self, project: str = "default") -> str:
+        """The SDK endpoint for `project`: `{base_url}/api/projects/{project}`."""
+        return f"{self.base_url}/api/projects/{project}"
+
+    def start(self) -> str:
+        """Start serving and return the base URL once the port is bound."""
+        if self._thread is not None:
+            raise RuntimeError("the emulator server is already running")
+        ready = threading.Event()
+        self._startup_error = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._serve, args=(ready,), name="foundry-emulator", daemon=True
+        )
+        self._thread.start()
+        ready.wait()
+        if self._startup_error is not None:
+            self._thread.join()
+            self._thread = None
+            raise self._startup_error
+        return self.base_url
+
+    def stop(self) -> None:
+        """Stop serving and wait for the background thread; a no-op when not running."""
+        if self._thread is None or self._loop is None:
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._thread = None
+        self._loop = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _serve(self, ready: threading.Event) -> None:
+        loop = self._loop
+        assert loop is not None
+        asyncio.set_event_loop(loop)
+        try:
+            runner = loop.run_until_complete(self._start_runner())
+        except BaseException as exc:  # handed to start(), which re-raises it in the caller
+            self._startup_error = exc
+            loop.close()
+            ready.set()
+            return
+        ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(runner.cleanup())
+            loop.close()
+
+    async def _start_runner(self) -> web.AppRunner:
+        # A short shutdown timeout: stop() should not wait on the SDK's idle keep-alive sockets.
+        runner = web.AppRunner(create_app(state=self.state), shutdown_timeout=1.0)
+        await runner.setup()
+        await web.TCPSite(runner, self.host, self.port).start()
+        self.port = runner.addresses[0][1]
+        return runner

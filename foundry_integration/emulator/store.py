@@ -1,0 +1,207 @@
+"""The emulator's threads and messages, kept per project, in memory or in a JSON file.
+
+With a `path`, the whole store is rewritten atomically (temporary file + `os.replace`) after every
+mutation, so a killed emulator never leaves a half-written file and a restart finds every
+acknowledged write.
+"""
+
+import json
+import os
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .wire import (
+    ApiError,
+    JsonObject,
+    MessageInput,
+    PageRequest,
+    list_page,
+    message_object,
+    new_id,
+    now_unix,
+    thread_object,
+)
+
+_FILE_FORMAT = "foundry-emulator-store"
+_FILE_VERSION = 1
+
+
+@dataclass
+class _ThreadRecord:
+    """A thread and its messages; list position is the insertion order (never `created_at`)."""
+
+    thread: JsonObject
+    messages: list[JsonObject] = field(default_factory=list)
+
+
+class ThreadStore:
+    """Threads and messages per project; every method is safe to call from any thread.
+
+    Returned objects are the stored wire objects: serialize them, do not mutate them.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        self._projects: dict[str, dict[str, _ThreadRecord]] = {}
+        if path is not None and path.exists():
+            self._projects = _load(path)
+
+    def create_thread(
+        self,
+        project: str,
+        *,
+        metadata: dict[str, str],
+        tool_resources: JsonObject,
+        messages: list[MessageInput],
+    ) -> JsonObject:
+        """Create a thread holding `messages` in the given order and return the thread object."""
+        created_at = now_unix()
+        thread_id = new_id("thread")
+        record = _ThreadRecord(
+            thread=thread_object(
+                thread_id=thread_id,
+                created_at=created_at,
+                metadata=metadata,
+                tool_resources=tool_resources,
+            )
+        )
+        for message in messages:
+            record.messages.append(_new_message(thread_id, created_at, message))
+        with self._lock:
+            self._projects.setdefault(project, {})[thread_id] = record
+            self._save()
+        return record.thread
+
+    def get_thread(self, project: str, thread_id: str) -> JsonObject:
+        """The thread object; ApiError(404) if the project has no such thread."""
+        with self._lock:
+            return self._record(project, thread_id).thread
+
+    def update_thread(
+        self,
+        project: str,
+        thread_id: str,
+        *,
+        metadata: dict[str, str] | None,
+        tool_resources: JsonObject | None,
+    ) -> JsonObject:
+        """Replace whichever of `metadata` / `tool_resources` is not None; return the thread."""
+        with self._lock:
+            thread = self._record(project, thread_id).thread
+            if metadata is not None:
+                thread["metadata"] = metadata
+            if tool_resources is not None:
+                thread["tool_resources"] = tool_resources
+            self._save()
+            return thread
+
+    def delete_thread(self, project: str, thread_id: str) -> None:
+        """Delete the thread and its messages; ApiError(404) if there is no such thread."""
+        with self._lock:
+            self._record(project, thread_id)
+            del self._projects[project][thread_id]
+            self._save()
+
+    def create_message(self, project: str, thread_id: str, message: MessageInput) -> JsonObject:
+        """Append `message` to the thread and return the message object."""
+        with self._lock:
+            record = self._record(project, thread_id)
+            created = _new_message(thread_id, now_unix(), message)
+            record.messages.append(created)
+            self._save()
+            return created
+
+    def list_messages(self, project: str, thread_id: str, page: PageRequest) -> JsonObject:
+        """One `list` page of the thread's messages (see `wire.list_page`)."""
+        with self._lock:
+            return list_page(self._record(project, thread_id).messages, page)
+
+    def remove_thread_anywhere(self, thread_id: str) -> bool:
+        """Delete a thread whatever its project (out-of-band loss); False if it did not exist."""
+        with self._lock:
+            for threads in self._projects.values():
+                if threads.pop(thread_id, None) is not None:
+                    self._save()
+                    return True
+            return False
+
+    def messages_anywhere(self, thread_id: str) -> list[JsonObject] | None:
+        """All messages of a thread, oldest first, whatever its project; None if unknown."""
+        with self._lock:
+            for threads in self._projects.values():
+                if thread_id in threads:
+                    return list(threads[thread_id].messages)
+            return None
+
+    def counts(self) -> tuple[int, int]:
+        """(threads, messages) across all projects."""
+        with self._lock:
+            records = [record for threads in self._projects.values() for record in threads.values()]
+            return len(records), sum(len(record.messages) for record in records)
+
+    def clear(self) -> None:
+        """Forget every project, thread and message (and persist the empty store)."""
+        with self._lock:
+            self._projects = {}
+            self._save()
+
+    def _record(self, project: str, thread_id: str) -> _ThreadRecord:
+        record = self._projects.get(project, {}).get(thread_id)
+        if record is None:
+            raise ApiError(404, f"No thread found with id '{thread_id}'.")
+        return record
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        document = {
+            "format": _FILE_FORMAT,
+            "version": _FILE_VERSION,
+            "projects": {
+                project: {
+                    thread_id: {"thread": record.thread, "messages": record.messages}
+                    for thread_id, record in threads.items()
+                }
+                for project, threads in self._projects.items()
+            },
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(
+            dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
+        )
+        try:
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                json.dump(document, handle)
+            os.replace(temporary, self.path)
+        except BaseException:
+            os.unlink(temporary)
+            raise
+
+
+def _new_message(thread_id: str, created_at: int, message: MessageInput) -> JsonObject:
+    return message_object(
+        message_id=new_id("msg"), thread_id=thread_id, created_at=created_at, message=message
+    )
+
+
+def _load(path: Path) -> dict[str, dict[str, _ThreadRecord]]:
+    document = json.loads(path.read_text(encoding="utf-8"))
+    if (
+        not isinstance(document, dict)
+        or document.get("format") != _FILE_FORMAT
+        or document.get("version") != _FILE_VERSION
+    ):
+        raise ValueError(
+            f"{path} is not a version {_FILE_VERSION} Foundry emulator store; "
+            "move it away or pass another --store path"
+        )
+    return {
+        project: {
+            thread_id: _ThreadRecord(thread=entry["thread"], messages=entry["messages"])
+            for thread_id, entry in threads.items()
+        }
+        for project, threads in document["projects"].items()
+    }
