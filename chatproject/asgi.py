@@ -14,12 +14,14 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from sessions_app.auth import WebSocketAuthMiddleware  # noqa: E402
-from sessions_app.middleware import RequestBodyLimit  # noqa: E402
+from sessions_app.middleware import RequestBodyLimit, StartSender  # noqa: E402
 from sessions_app.routing import websocket_urlpatterns  # noqa: E402
 
-application = ProtocolTypeRouter(
-    {
-        "http": RequestBodyLimit(django_asgi_app),
-        "websocket": WebSocketAuthMiddleware(URLRouter(websocket_urlpatterns)),
-    }
+application = StartSender(
+    ProtocolTypeRouter(
+        {
+            "http": RequestBodyLimit(django_asgi_app),
+            "websocket": WebSocketAuthMiddleware(URLRouter(websocket_urlpatterns)),
+        }
+    )
 )

@@ -38,6 +38,16 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from None
 
 
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from None
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     raw = os.environ.get(name)
     if raw is None:
@@ -68,6 +78,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "channels",
+    "flags",
     "sessions_app",
     "foundry_integration",
 ]
@@ -207,8 +218,37 @@ CHAT_HISTORY_WINDOW = env_int("CHAT_HISTORY_WINDOW", 50)
 CHAT_PAGE_SIZE = env_int("CHAT_PAGE_SIZE", 50)
 CHAT_MAX_PAGE_SIZE = 200
 
-# Foundry threads (used from the Foundry integration on).
+# Persistence sinks every turn is mirrored to, in the background (see sessions_app.sinks).
+CHAT_SINKS = ["foundry_integration.sink.FoundrySink"]
+
+# The background sender (sessions_app.sync). With SYNC_IN_PROCESS each server process runs one;
+# set it to false where `manage.py foundry_sync` workers run instead.
+SYNC_IN_PROCESS = env_bool("SYNC_IN_PROCESS", True)
+SYNC_POLL_INTERVAL_S = env_float("SYNC_POLL_INTERVAL_S", 1.0)
+SYNC_BATCH_SIZE = env_int("SYNC_BATCH_SIZE", 20)  # messages per remote call batch
+SYNC_CLAIM_LIMIT = env_int("SYNC_CLAIM_LIMIT", 32)  # sessions a sender takes per pass
+SYNC_CONCURRENCY = env_int("SYNC_CONCURRENCY", 8)  # sessions delivered at once per sender
+SYNC_LEASE_S = env_int("SYNC_LEASE_S", 60)  # a dead sender's claims expire after this
+SYNC_BACKOFF_BASE_S = env_float("SYNC_BACKOFF_BASE_S", 1.0)
+SYNC_BACKOFF_MAX_S = env_float("SYNC_BACKOFF_MAX_S", 300.0)
+SYNC_BREAKER_THRESHOLD = env_int("SYNC_BREAKER_THRESHOLD", 5)  # failures in a row to open
+SYNC_BREAKER_COOLDOWN_S = env_float("SYNC_BREAKER_COOLDOWN_S", 30.0)
+
+# Azure AI Foundry threads. The flag's default comes from the environment; operators change it
+# at run time in the admin (django-flags), and processes see a change within FOUNDRY_FLAG_CACHE_S.
 USE_FOUNDRY_THREADS = env_bool("USE_FOUNDRY_THREADS", False)
+FLAGS = {"USE_FOUNDRY_THREADS": [{"condition": "boolean", "value": USE_FOUNDRY_THREADS}]}
+FOUNDRY_FLAG_CACHE_S = env_float("FOUNDRY_FLAG_CACHE_S", 2.0)
+AZURE_FOUNDRY_AGENT_ENDPOINT = os.environ.get("AZURE_FOUNDRY_AGENT_ENDPOINT", "")
+AZURE_FOUNDRY_AGENT_PROJECT = os.environ.get("AZURE_FOUNDRY_AGENT_PROJECT", "")
+# Optional: without a key the SDK authenticates with DefaultAzureCredential (managed identity...).
+AZURE_FOUNDRY_AGENT_KEY = os.environ.get("AZURE_FOUNDRY_AGENT_KEY", "")
+FOUNDRY_THREAD_API = os.environ.get("FOUNDRY_THREAD_API", "agents")
+# The SDK defaults are 300 s timeouts and 10 retries: far too long for a chat backend. The
+# sender retries on its own schedule, so the SDK does not retry by default.
+FOUNDRY_CONNECT_TIMEOUT_S = env_float("FOUNDRY_CONNECT_TIMEOUT_S", 5.0)
+FOUNDRY_READ_TIMEOUT_S = env_float("FOUNDRY_READ_TIMEOUT_S", 15.0)
+FOUNDRY_SDK_RETRIES = env_int("FOUNDRY_SDK_RETRIES", 0)
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
 LOGGING = {

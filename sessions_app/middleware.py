@@ -5,6 +5,19 @@ import json
 from django.conf import settings
 
 from sessions_app.errors import error_body
+from sessions_app.sync import start_in_process_sender
+
+
+class StartSender:
+    """Start the in-process background sender (SYNC_IN_PROCESS) with the first connection of a
+    server process: only processes that serve traffic run one, not every manage.py command."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        start_in_process_sender()
+        return await self.app(scope, receive, send)
 
 
 class RequestBodyLimit:

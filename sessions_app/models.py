@@ -7,6 +7,7 @@ A `ChatSession` row is also the session -> remote thread map of the design: its 
 from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
+from django.utils import timezone
 
 IDENTIFIER_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 identifier_validator = RegexValidator(
@@ -29,6 +30,9 @@ class ChatSession(models.Model):
     # row lock, which keeps sequence numbers gapless on every database.
     last_seq = models.PositiveIntegerField(default=0)
     user_turns = models.PositiveIntegerField(default=0)
+    # Set (to a sink name) when the session was pointed at an existing remote thread whose
+    # history is not local yet; the next turn loads it first.
+    history_import_from = models.CharField(max_length=32, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     last_activity_at = models.DateTimeField(auto_now_add=True, db_index=True)
@@ -74,3 +78,101 @@ class ChatMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.session_id}#{self.seq} {self.role}"
+
+
+class SinkState(models.Model):
+    """Delivery of one session to one persistence sink (Foundry, Zep): the durable outbox.
+
+    A turn raises `wanted_seq`; the background sender delivers messages up to it, in order, and
+    advances `delivered_seq`. `remote_id` is the session's thread on the sink. `inflight_seq` is
+    set while a batch is being sent: if it is still set when a sender claims the row, the last
+    sender died mid-batch and the remote side is checked before anything is sent again.
+    """
+
+    session = models.ForeignKey(ChatSession, on_delete=models.CASCADE, related_name="sink_states")
+    sink = models.CharField(max_length=32)
+    remote_id = models.CharField(max_length=256, null=True, blank=True)  # noqa: DJ001
+    wanted_seq = models.PositiveIntegerField(default=0)
+    delivered_seq = models.PositiveIntegerField(default=0)
+    inflight_seq = models.PositiveIntegerField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    claimed_by = models.CharField(max_length=128, blank=True, default="")
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    synced_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["session", "sink"], name="sink_state_unique"),
+        ]
+        indexes = [
+            models.Index(
+                fields=["sink", "next_attempt_at"],
+                condition=models.Q(wanted_seq__gt=models.F("delivered_seq")),
+                name="sink_state_pending",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.sink} {self.session_id}: {self.delivered_seq}/{self.wanted_seq}"
+
+    @property
+    def pending_count(self) -> int:
+        return max(self.wanted_seq - self.delivered_seq, 0)
+
+
+class SinkReceipt(models.Model):
+    """The remote id of one delivered message: the proof that it is on the sink, so it is never
+    sent twice."""
+
+    state = models.ForeignKey(SinkState, on_delete=models.CASCADE, related_name="receipts")
+    seq = models.PositiveIntegerField()
+    remote_id = models.CharField(max_length=256)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["state", "seq"], name="sink_receipt_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.state_id}#{self.seq} -> {self.remote_id}"
+
+
+class RemoteDeletion(models.Model):
+    """A remote thread to delete because its session was deleted; retried until done."""
+
+    sink = models.CharField(max_length=32)
+    remote_id = models.CharField(max_length=256)
+    session_key = models.CharField(max_length=600)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    claimed_by = models.CharField(max_length=128, blank=True, default="")
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["sink", "remote_id"], name="remote_deletion_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"delete {self.sink} {self.remote_id}"
+
+
+class SinkHealth(models.Model):
+    """The circuit breaker of one sink, shared by every sender process through the database."""
+
+    sink = models.CharField(max_length=32, unique=True)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    open_until = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    last_failure_at = models.DateTimeField(null=True, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    delivered_total = models.PositiveBigIntegerField(default=0)
+    failed_total = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return self.sink

@@ -3,7 +3,7 @@
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -11,9 +11,11 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
-from sessions_app import selectors
+from sessions_app import remote_history, selectors
 from sessions_app.agents import agent_get
-from sessions_app.models import ChatMessage, ChatSession
+from sessions_app.models import ChatMessage, ChatSession, RemoteDeletion, SinkState
+from sessions_app.sinks import Sink, active_sinks, sink_get
+from sessions_app.sync import notify_sender
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +32,8 @@ class SessionGone(LookupError):
 class ChatTurn:
     session: ChatSession
     reply: str
-
-    @property
-    def persistence(self) -> str:
-        return "foundry" if self.session.foundry_thread_id else "local"
+    # "foundry" when the turn is queued for a Foundry thread, else "local".
+    persistence: str
 
 
 def new_session_id() -> str:
@@ -57,14 +57,20 @@ def chat_turn(
     """
     agent_id = agent_id or settings.CHAT_DEFAULT_AGENT
     agent = agent_get(agent_id=agent_id)
+    sinks = active_sinks()
+    key = {
+        "owner": user,
+        "agent_id": agent_id,
+        "project_id": project_id or settings.CHAT_DEFAULT_PROJECT,
+        "session_id": session_id or new_session_id(),
+    }
     session, user_message = _message_append(
-        user=user,
-        session_id=session_id or new_session_id(),
-        agent_id=agent_id,
-        project_id=project_id or settings.CHAT_DEFAULT_PROJECT,
-        role=ChatMessage.Role.USER,
-        content=message,
+        key=key, sinks=sinks, role=ChatMessage.Role.USER, content=message
     )
+    if session.history_import_from:
+        session, user_message = remote_history.import_pending(
+            session=session, user_message=user_message, sinks=sinks
+        )
     history = selectors.session_history_window(
         session=session, before_seq=user_message.seq, limit=settings.CHAT_HISTORY_WINDOW
     )
@@ -79,43 +85,40 @@ def chat_turn(
         raise AgentFailed(agent_id) from exc
     reply = "".join(chunks)
     session, _ = _message_append(
-        user=user,
-        session_id=session.session_id,
-        agent_id=agent_id,
-        project_id=session.project_id,
+        key=key,
+        sinks=sinks,
         role=ChatMessage.Role.ASSISTANT,
         content=reply,
         create_session=False,
     )
-    return ChatTurn(session=session, reply=reply)
+    persistence = "foundry" if any(sink.name == "foundry" for sink in sinks) else "local"
+    return ChatTurn(session=session, reply=reply, persistence=persistence)
 
 
 @transaction.atomic
 def _message_append(
     *,
-    user: AbstractBaseUser,
-    session_id: str,
-    agent_id: str,
-    project_id: str,
+    key: dict,
+    sinks: Sequence[Sink],
     role: str,
     content: str,
     create_session: bool = True,
 ) -> tuple[ChatSession, ChatMessage]:
-    """Append one message to the session in one short transaction and return both.
+    """Append one message to the session in one short transaction and return both; the
+    message becomes pending for every active sink.
 
     The session row is locked for the update, so concurrent turns on one session get gapless,
     unique sequence numbers (PostgreSQL: the row lock; SQLite: IMMEDIATE transactions serialise
     writers).
     """
     sessions = ChatSession.objects.select_for_update()
-    key = {"owner": user, "agent_id": agent_id, "project_id": project_id, "session_id": session_id}
     if create_session:
         session, _ = sessions.get_or_create(**key)
     else:
         try:
             session = sessions.get(**key)
         except ChatSession.DoesNotExist:
-            raise SessionGone(session_id) from None
+            raise SessionGone(key["session_id"]) from None
     now = timezone.now()
     session.last_seq += 1
     session.last_activity_at = now
@@ -129,12 +132,59 @@ def _message_append(
         updated_at=now,
     )
     message = ChatMessage.objects.create(
-        session=session, seq=session.last_seq, role=role, content=content, agent_id=agent_id
+        session=session,
+        seq=session.last_seq,
+        role=role,
+        content=content,
+        agent_id=key["agent_id"],
     )
+    if sinks:
+        mark_pending(session=session, sinks=sinks, through_seq=message.seq)
     return session, message
 
 
+def mark_pending(*, session: ChatSession, sinks: Sequence[Sink], through_seq: int) -> None:
+    """Record that the sinks want the session's messages up to `through_seq` (one upsert per
+    sink), and wake the sender once the transaction commits."""
+    SinkState.objects.bulk_create(
+        [SinkState(session=session, sink=sink.name, wanted_seq=through_seq) for sink in sinks],
+        update_conflicts=True,
+        unique_fields=["session", "sink"],
+        update_fields=["wanted_seq"],
+    )
+    transaction.on_commit(notify_sender)
+
+
+@transaction.atomic
+@transaction.atomic
+def session_attach_remote(
+    *, user: AbstractBaseUser, key: dict, sink_name: str, remote_id: str
+) -> ChatSession:
+    """Point a session (created if need be) at an existing remote thread; the session's next
+    turn loads the thread's history into the local store first."""
+    session, _ = ChatSession.objects.select_for_update().get_or_create(owner=user, **key)
+    sink = sink_get(sink_name)
+    state, _ = SinkState.objects.get_or_create(session=session, sink=sink_name)
+    remote_history.point_at(state=state, sink=sink, remote_id=remote_id)
+    session.history_import_from = sink_name
+    session.save(update_fields=["history_import_from"])
+    if sink.session_field:
+        setattr(session, sink.session_field, remote_id)
+    logger.info("Session %s now points at %s thread %s", session.session_key, sink.label, remote_id)
+    return session
+
+
 def session_delete(*, session: ChatSession) -> None:
-    """Delete the session and its messages."""
+    """Delete the session and its messages; its remote threads are queued for deletion (the
+    sender retries until they are gone)."""
+    remote = SinkState.objects.filter(session=session, remote_id__isnull=False)
+    RemoteDeletion.objects.bulk_create(
+        [
+            RemoteDeletion(sink=sink, remote_id=remote_id, session_key=session.session_key)
+            for sink, remote_id in remote.values_list("sink", "remote_id")
+        ],
+        ignore_conflicts=True,
+    )
     session.delete()
+    transaction.on_commit(notify_sender)
     logger.info("Deleted session %s", session.session_key)

@@ -21,6 +21,7 @@ from sessions_app.serializers import (
     SessionLookupSerializer,
     SessionSerializer,
 )
+from sessions_app.sinks import all_sinks
 
 logger = logging.getLogger(__name__)
 
@@ -126,13 +127,18 @@ class HealthView(APIView):
         responses={
             200: inline_serializer(
                 "Health",
-                {"status": serializers.CharField(), "database": serializers.CharField()},
+                {
+                    "status": serializers.CharField(),
+                    "database": serializers.CharField(),
+                    "sinks": serializers.DictField(child=serializers.DictField()),
+                },
             ),
             503: None,
         }
     )
     def get(self, request: Request) -> Response:
-        """Liveness and database reachability, for load balancers and operators."""
+        """Liveness, database reachability, and whether each persistence sink takes turns (and
+        why not), for load balancers and operators."""
         try:
             with connection.cursor() as cursor:
                 cursor.execute("SELECT 1")
@@ -141,7 +147,11 @@ class HealthView(APIView):
             logger.exception("Health check: database unreachable")
             database = "unavailable"
         healthy = database == "ok"
+        sinks = {}
+        for sink in all_sinks():
+            status_ = sink.status()
+            sinks[sink.name] = {"active": status_.active, "reason": status_.reason}
         return Response(
-            {"status": "ok" if healthy else "degraded", "database": database},
+            {"status": "ok" if healthy else "degraded", "database": database, "sinks": sinks},
             status=status.HTTP_200_OK if healthy else status.HTTP_503_SERVICE_UNAVAILABLE,
         )

@@ -4,6 +4,12 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 
+@pytest.fixture(autouse=True)
+def _no_in_process_sender(settings):
+    # Tests run the sender explicitly (sessions_app.sync.Sender); a background one would race them.
+    settings.SYNC_IN_PROCESS = False
+
+
 @pytest.fixture
 def make_user(db):
     def make(username: str, **extra):

@@ -6,7 +6,6 @@ check. Control routes live under `/_emulator` and are never faulted, counted or 
 """
 
 import asyncio
-import ipaddress
 import json
 import logging
 import threading
@@ -15,6 +14,8 @@ from types import TracebackType
 from typing import Self
 
 from aiohttp import web
+
+from foundry_integration.loopback import is_loopback
 
 from .state import EmulatorState, Fault
 from .wire import (
@@ -263,21 +264,12 @@ async def _control_messages(request: web.Request) -> web.Response:
 
 def check_bind_host(host: str, *, allow_remote: bool) -> None:
     """Raise ValueError for a non-loopback `host` unless `allow_remote`: the auth is not real."""
-    if allow_remote or _is_loopback(host):
+    if allow_remote or is_loopback(host):
         return
     raise ValueError(
         f"Refusing to listen on {host!r}: the emulator accepts any credential. "
         "Use a loopback address, or pass --allow-remote if you really mean it."
     )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def run_emulator(

@@ -239,7 +239,11 @@ class TestPublicEndpoints:
     def test_health(self, client):
         response = client.get("/api/v1/health")
         assert response.status_code == 200
-        assert response.json() == {"status": "ok", "database": "ok"}
+        assert response.json() == {
+            "status": "ok",
+            "database": "ok",
+            "sinks": {"foundry": {"active": False, "reason": "USE_FOUNDRY_THREADS is off"}},
+        }
 
     def test_schema_is_served(self, client):
         response = client.get("/api/v1/schema", HTTP_ACCEPT="application/json")

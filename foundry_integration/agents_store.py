@@ -1,0 +1,113 @@
+"""Thread store over the classic Agent Service threads API (azure-ai-agents, async client)."""
+
+import asyncio
+from collections.abc import Sequence
+
+from azure.ai.agents.aio import AgentsClient
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
+
+from sessions_app.sinks import (
+    AppendInterrupted,
+    OutgoingMessage,
+    RemoteMessage,
+    RemoteNotFound,
+    RemoteThrottled,
+    SinkError,
+)
+
+# The API knows only these two roles; other roles are sent as assistant and kept in metadata.
+API_ROLES = {"user", "assistant"}
+PAGE_SIZE = 100
+
+
+def sink_error(exc: Exception) -> SinkError:
+    """The sink error for an SDK or transport exception (the message never holds credentials:
+    azure-core puts none in it)."""
+    if isinstance(exc, ResourceNotFoundError):
+        return RemoteNotFound(_describe(exc))
+    if isinstance(exc, HttpResponseError) and exc.status_code == 429:
+        return RemoteThrottled(_describe(exc), retry_after(exc))
+    return SinkError(_describe(exc))
+
+
+def retry_after(exc: HttpResponseError) -> float | None:
+    headers = exc.response.headers if exc.response is not None else {}
+    try:
+        return float(headers.get("Retry-After", ""))
+    except ValueError:
+        return None
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, HttpResponseError) and exc.status_code:
+        first_line = (exc.message or str(exc)).splitlines()[0]
+        return f"HTTP {exc.status_code}: {first_line}"[:500]
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+
+
+def _text(message) -> str:
+    return "".join(
+        part.text.value for part in message.content or [] if getattr(part, "type", "") == "text"
+    )
+
+
+class AgentsThreadStore:
+    api = "agents"
+
+    def __init__(self, client: AgentsClient, credential=None):
+        self.client = client
+        self.credential = credential
+
+    async def create_thread(self, *, metadata: dict[str, str]) -> str:
+        try:
+            thread = await self.client.threads.create(metadata=metadata)
+        except (TimeoutError, AzureError, OSError) as exc:
+            raise sink_error(exc) from exc
+        return thread.id
+
+    async def load_messages(self, *, thread_id: str) -> list[RemoteMessage]:
+        messages = []
+        try:
+            async for message in self.client.messages.list(thread_id, order="asc", limit=PAGE_SIZE):
+                role = (message.metadata or {}).get("role") or message.role
+                messages.append(RemoteMessage(message.id, str(role), _text(message)))
+        except (TimeoutError, AzureError, OSError) as exc:
+            raise sink_error(exc) from exc
+        return messages
+
+    async def append_messages(
+        self, *, thread_id: str, messages: Sequence[OutgoingMessage]
+    ) -> list[str]:
+        # The API takes one message per call; stop at the first failure so that order holds.
+        ids: list[str] = []
+        for message in messages:
+            metadata = {"seq": str(message.seq), "agent_id": message.agent_id[:512]}
+            role = message.role
+            if role not in API_ROLES:
+                metadata["role"], role = role, "assistant"
+            try:
+                created = await self.client.messages.create(
+                    thread_id, role=role, content=message.content, metadata=metadata
+                )
+            except (TimeoutError, AzureError, OSError) as exc:
+                error = sink_error(exc)
+                if ids:
+                    raise AppendInterrupted(ids, error) from exc
+                raise error from exc
+            ids.append(created.id)
+        return ids
+
+    async def delete_thread(self, *, thread_id: str) -> None:
+        try:
+            await self.client.threads.delete(thread_id)
+        except ResourceNotFoundError:
+            return
+        except (TimeoutError, AzureError, OSError) as exc:
+            raise sink_error(exc) from exc
+
+    async def aclose(self) -> None:
+        await self.client.close()
+        if self.credential is not None:
+            await self.credential.close()

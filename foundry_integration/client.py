@@ -1,0 +1,37 @@
+"""Builds the async Azure SDK client from FoundryConfig: credential, timeouts, retries."""
+
+from azure.ai.agents.aio import AgentsClient
+from azure.core.credentials import AzureKeyCredential
+from azure.core.pipeline import PipelineRequest
+from azure.core.pipeline.policies import AzureKeyCredentialPolicy, SansIOHTTPPolicy
+
+from foundry_integration.config import FoundryConfig
+
+
+class AllowPlainHttpPolicy(SansIOHTTPPolicy):
+    """azure-core refuses to send credentials over http; the config allows http only for
+    loopback hosts (the local emulator), and only then is this policy added."""
+
+    def on_request(self, request: PipelineRequest) -> None:
+        request.context["enforce_https"] = False
+
+
+def agents_client(config: FoundryConfig) -> tuple[AgentsClient, object | None]:
+    """An aio AgentsClient for the configured project, and the credential to close with it (if
+    any). With a key, the key goes in the `api-key` header; without, DefaultAzureCredential
+    supplies tokens."""
+    kwargs = {
+        "connection_timeout": config.connect_timeout,
+        "read_timeout": config.read_timeout,
+        "retry_total": config.sdk_retries,
+    }
+    if config.plain_http:
+        kwargs["per_call_policies"] = [AllowPlainHttpPolicy()]
+    if config.key:
+        key = AzureKeyCredential(config.key)
+        kwargs["authentication_policy"] = AzureKeyCredentialPolicy(key, "api-key")
+        return AgentsClient(config.project_endpoint, key, **kwargs), None
+    from azure.identity.aio import DefaultAzureCredential
+
+    credential = DefaultAzureCredential()
+    return AgentsClient(config.project_endpoint, credential, **kwargs), credential

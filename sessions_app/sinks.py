@@ -1,0 +1,147 @@
+"""Persistence sinks: remote stores every turn is mirrored to (Foundry threads, Zep memory).
+
+The chat core knows sinks only through `Sink` and the registry filled from `settings.CHAT_SINKS`
+(dotted class paths). A sink never sits on the response path: a turn only records that the sink
+wants the new messages (`SinkState.wanted_seq`), and the background sender (`sessions_app.sync`)
+calls the sink's async methods to deliver them.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from django.utils.module_loading import import_string
+
+
+class SinkError(Exception):
+    """A sink call failed; the sender retries it later with backoff."""
+
+
+class RemoteNotFound(SinkError):
+    """The remote thread does not exist (any more)."""
+
+
+class RemoteThrottled(SinkError):
+    """The sink asked us to slow down; retry no sooner than `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: float | None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class AppendInterrupted(SinkError):
+    """Appending a batch failed after `delivered_ids` (the first messages of the batch, in
+    order) had been stored remotely; `__cause__` is the failure."""
+
+    def __init__(self, delivered_ids: list[str], cause: Exception):
+        super().__init__(str(cause))
+        self.delivered_ids = delivered_ids
+        self.cause = cause
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """What a sink may label a remote thread with."""
+
+    user_id: str
+    agent_id: str
+    project_id: str
+    session_id: str
+    created_at: datetime
+
+    @property
+    def session_key(self) -> str:
+        return f"{self.user_id}:{self.agent_id}:{self.project_id}:{self.session_id}"
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    seq: int
+    role: str
+    content: str
+    agent_id: str
+
+
+@dataclass(frozen=True)
+class RemoteMessage:
+    remote_id: str
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class SinkStatus:
+    """Whether the sink takes turns now, and why not when it does not."""
+
+    active: bool
+    reason: str
+
+
+class Sink:
+    """One remote store. `name` keys its SinkState rows; `label` goes into log lines.
+
+    `active()` is called on every chat turn: it must be cheap (no query per call).
+    `session_field`, if set, names a ChatSession column that mirrors `SinkState.remote_id`.
+    """
+
+    name: str = ""
+    label: str = ""
+    session_field: str | None = None
+
+    def status(self) -> SinkStatus:
+        raise NotImplementedError
+
+    def active(self) -> bool:
+        return self.status().active
+
+    async def create_remote(self, *, session: SessionInfo) -> str:
+        """Create the session's remote thread; return its id."""
+        raise NotImplementedError
+
+    async def append(self, *, remote_id: str, messages: Sequence[OutgoingMessage]) -> list[str]:
+        """Store `messages` in order on the thread; return their remote ids. Raises
+        AppendInterrupted when some but not all were stored."""
+        raise NotImplementedError
+
+    async def load(self, *, remote_id: str) -> list[RemoteMessage]:
+        """Every message of the thread, oldest first."""
+        raise NotImplementedError
+
+    async def delete_remote(self, *, remote_id: str) -> None:
+        """Delete the thread; one that is already gone counts as deleted."""
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Release clients and connections."""
+
+
+@cache
+def _sink_instances(paths: tuple[str, ...]) -> tuple[Sink, ...]:
+    return tuple(import_string(path)() for path in paths)
+
+
+@receiver(setting_changed)
+def _forget_sinks(**kwargs) -> None:
+    # Sinks read their settings once; tests that override settings get fresh ones.
+    _sink_instances.cache_clear()
+
+
+def all_sinks() -> tuple[Sink, ...]:
+    """Every configured sink, active or not."""
+    return _sink_instances(tuple(settings.CHAT_SINKS))
+
+
+def active_sinks() -> list[Sink]:
+    """The sinks that take turns now (cheap: called on every turn)."""
+    return [sink for sink in all_sinks() if sink.active()]
+
+
+def sink_get(name: str) -> Sink:
+    for sink in all_sinks():
+        if sink.name == name:
+            return sink
+    raise LookupError(f"no sink named {name!r}")

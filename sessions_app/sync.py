@@ -1,0 +1,440 @@
+"""The background sender: delivers pending turns to the sinks, off the response path.
+
+Work lives in the database (SinkState, SinkReceipt, RemoteDeletion), never in memory, so a
+sender killed at any point loses nothing: its claims expire after SYNC_LEASE_S and another sender
+(or the same one restarted) carries on. Per session, messages go out in order, in batches of
+SYNC_BATCH_SIZE; each delivered message gets a receipt with its remote id, and a batch cut short
+by a crash is reconciled against the remote thread before anything is sent again, so nothing is
+sent twice. Failures back off exponentially with jitter (at least the Retry-After of a 429), and a
+circuit breaker per sink (SinkHealth, shared through the database) stops calling a sink that
+keeps failing. Any number of senders may run at once: on PostgreSQL they claim rows with
+SELECT ... FOR UPDATE SKIP LOCKED; on SQLite writers are serialised anyway.
+
+In a server process the sender runs in a thread (`start_in_process_sender`, on when
+SYNC_IN_PROCESS); `manage.py foundry_sync` runs it as a worker process.
+"""
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import threading
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import close_old_connections, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from sessions_app.models import (
+    ChatMessage,
+    ChatSession,
+    RemoteDeletion,
+    SinkHealth,
+    SinkReceipt,
+    SinkState,
+)
+from sessions_app.remote_history import point_at
+from sessions_app.sinks import (
+    AppendInterrupted,
+    OutgoingMessage,
+    RemoteNotFound,
+    RemoteThrottled,
+    SessionInfo,
+    Sink,
+    SinkError,
+    all_sinks,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def db(func):
+    """Run ORM code from the sender's event loop in a worker thread, tidying connections."""
+
+    def call(*args, **kwargs):
+        close_old_connections()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            close_old_connections()
+
+    return sync_to_async(call, thread_sensitive=False)
+
+
+def backoff_delay(attempts: int, retry_after: float | None = None) -> float:
+    """Exponential backoff with full jitter over its upper half; never less than Retry-After."""
+    ceiling = min(settings.SYNC_BACKOFF_MAX_S, settings.SYNC_BACKOFF_BASE_S * 2 ** (attempts - 1))
+    delay = ceiling * random.uniform(0.5, 1.0)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return delay
+
+
+# ---- database side ---------------------------------------------------------------------------
+
+
+def _claimable(now) -> Q:
+    return Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
+
+
+def breaker_allows(sink_name: str) -> int:
+    """How many sessions the sink's breaker lets a sender claim now: 0 while open, 1 while
+    half-open (cool-down over after repeated failures), else SYNC_CLAIM_LIMIT."""
+    health, _ = SinkHealth.objects.get_or_create(sink=sink_name)
+    if health.open_until and health.open_until > timezone.now():
+        return 0
+    if health.consecutive_failures >= settings.SYNC_BREAKER_THRESHOLD:
+        return 1
+    return settings.SYNC_CLAIM_LIMIT
+
+
+@transaction.atomic
+def claim_states(*, sink_name: str, worker: str, limit: int) -> list[SinkState]:
+    """Lease up to `limit` sessions with messages due for the sink."""
+    now = timezone.now()
+    ids = list(
+        SinkState.objects.select_for_update(skip_locked=True, of=("self",))
+        .filter(
+            _claimable(now),
+            sink=sink_name,
+            wanted_seq__gt=F("delivered_seq"),
+            next_attempt_at__lte=now,
+            session__history_import_from="",
+        )
+        .order_by("next_attempt_at")
+        .values_list("id", flat=True)[:limit]
+    )
+    SinkState.objects.filter(id__in=ids).update(
+        claimed_by=worker, claimed_until=now + timedelta(seconds=settings.SYNC_LEASE_S)
+    )
+    return list(SinkState.objects.filter(id__in=ids).select_related("session"))
+
+
+@transaction.atomic
+def claim_deletions(*, sink_name: str, worker: str, limit: int) -> list[RemoteDeletion]:
+    now = timezone.now()
+    ids = list(
+        RemoteDeletion.objects.select_for_update(skip_locked=True)
+        .filter(_claimable(now), sink=sink_name, next_attempt_at__lte=now)
+        .order_by("next_attempt_at")
+        .values_list("id", flat=True)[:limit]
+    )
+    RemoteDeletion.objects.filter(id__in=ids).update(
+        claimed_by=worker, claimed_until=now + timedelta(seconds=settings.SYNC_LEASE_S)
+    )
+    return list(RemoteDeletion.objects.filter(id__in=ids))
+
+
+def session_info(session: ChatSession) -> SessionInfo:
+    return SessionInfo(
+        user_id=str(session.owner_id),
+        agent_id=session.agent_id,
+        project_id=session.project_id,
+        session_id=session.session_id,
+        created_at=session.created_at,
+    )
+
+
+@transaction.atomic
+def record_remote(state: SinkState, sink: Sink, remote_id: str | None) -> None:
+    """Point the session at a (new) remote thread, or at none; nothing is delivered there yet."""
+    point_at(state=state, sink=sink, remote_id=remote_id)
+    state.remote_id = remote_id
+    state.delivered_seq = 0
+    state.inflight_seq = None
+
+
+def pending_messages(state: SinkState, limit: int) -> list[OutgoingMessage]:
+    rows = ChatMessage.objects.filter(
+        session_id=state.session_id, seq__gt=state.delivered_seq, seq__lte=state.wanted_seq
+    ).order_by("seq")[:limit]
+    return [OutgoingMessage(m.seq, m.role, m.content, m.agent_id) for m in rows]
+
+
+def mark_inflight(state: SinkState, seq: int) -> None:
+    state.inflight_seq = seq
+    SinkState.objects.filter(pk=state.pk).update(inflight_seq=seq)
+
+
+@transaction.atomic
+def record_delivered(state: SinkState, seqs: Sequence[int], remote_ids: Sequence[str]) -> None:
+    """Receipts for delivered messages (a prefix of the pending ones), and the new high mark."""
+    if seqs:
+        SinkReceipt.objects.bulk_create(
+            SinkReceipt(state=state, seq=seq, remote_id=remote_id)
+            for seq, remote_id in zip(seqs, remote_ids, strict=True)
+        )
+        state.delivered_seq = seqs[-1]
+    state.inflight_seq = None
+    state.synced_at = timezone.now()
+    SinkState.objects.filter(pk=state.pk).update(
+        delivered_seq=state.delivered_seq, inflight_seq=None, synced_at=state.synced_at
+    )
+    SinkHealth.objects.filter(sink=state.sink).update(
+        delivered_total=F("delivered_total") + len(seqs)
+    )
+
+
+def receipt_ids(state: SinkState) -> set[str]:
+    return set(SinkReceipt.objects.filter(state=state).values_list("remote_id", flat=True))
+
+
+def release_state(state: SinkState, *, error: str = "", retry_in: float | None = None) -> None:
+    """End the claim: after success (error ''), due again at once if more is pending; after a
+    failure, due again in `retry_in` seconds."""
+    now = timezone.now()
+    if error:
+        SinkState.objects.filter(pk=state.pk).update(
+            attempts=F("attempts") + 1,
+            last_error=error[:2000],
+            last_error_at=now,
+            next_attempt_at=now + timedelta(seconds=retry_in or 0),
+            claimed_by="",
+            claimed_until=None,
+        )
+    else:
+        SinkState.objects.filter(pk=state.pk).update(
+            attempts=0, last_error="", next_attempt_at=now, claimed_by="", claimed_until=None
+        )
+
+
+def release_deletion(deletion: RemoteDeletion, *, error: str, retry_in: float) -> None:
+    RemoteDeletion.objects.filter(pk=deletion.pk).update(
+        attempts=F("attempts") + 1,
+        last_error=error[:2000],
+        next_attempt_at=timezone.now() + timedelta(seconds=retry_in),
+        claimed_by="",
+        claimed_until=None,
+    )
+
+
+def record_sink_result(sink: Sink, error: str = "") -> None:
+    """Feed the breaker: open it after SYNC_BREAKER_THRESHOLD failures in a row."""
+    now = timezone.now()
+    if not error:
+        SinkHealth.objects.filter(sink=sink.name).update(
+            consecutive_failures=0, open_until=None, last_success_at=now
+        )
+        return
+    with transaction.atomic():
+        health, _ = SinkHealth.objects.select_for_update().get_or_create(sink=sink.name)
+        health.consecutive_failures += 1
+        health.failed_total += 1
+        health.last_error = error[:2000]
+        health.last_failure_at = now
+        if health.consecutive_failures >= settings.SYNC_BREAKER_THRESHOLD:
+            cooldown = settings.SYNC_BREAKER_COOLDOWN_S
+            health.open_until = now + timedelta(seconds=cooldown)
+            logger.warning(
+                "%s thread operation failed, falling back to local storage: %s "
+                "(%d failures in a row; no calls for %g s)",
+                sink.label,
+                error,
+                health.consecutive_failures,
+                cooldown,
+            )
+        health.save()
+
+
+async def _bounded(semaphore: asyncio.Semaphore, job) -> None:
+    async with semaphore:
+        await job
+
+
+# ---- delivery --------------------------------------------------------------------------------
+
+
+class Sender:
+    """One sender: claims due work for every active sink and delivers it."""
+
+    def __init__(self, *, name: str | None = None):
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+    async def run_once(self) -> int:
+        """One pass over every sink; returns how many sessions and deletions it handled."""
+        handled = 0
+        for sink in all_sinks():
+            if not await db(sink.active)():
+                continue
+            limit = await db(breaker_allows)(sink.name)
+            if limit == 0:
+                continue
+            states = await db(claim_states)(sink_name=sink.name, worker=self.name, limit=limit)
+            deletions = await db(claim_deletions)(
+                sink_name=sink.name, worker=self.name, limit=limit
+            )
+            semaphore = asyncio.Semaphore(settings.SYNC_CONCURRENCY)
+            await asyncio.gather(
+                *(_bounded(semaphore, self.deliver(sink, state)) for state in states),
+                *(_bounded(semaphore, self.delete(sink, deletion)) for deletion in deletions),
+            )
+            handled += len(states) + len(deletions)
+        return handled
+
+    async def run(self, stop: threading.Event, wake: threading.Event | None = None) -> None:
+        """Pass after pass until `stop` is set; idle passes wait SYNC_POLL_INTERVAL_S or `wake`."""
+        logger.info("Sync sender %s started", self.name)
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            try:
+                handled = await self.run_once()
+            except Exception:
+                logger.exception("Sync pass failed; retrying")
+                handled = 0
+            if handled == 0:
+                waiter = wake or stop
+                await loop.run_in_executor(None, waiter.wait, settings.SYNC_POLL_INTERVAL_S)
+                if wake is not None:
+                    wake.clear()
+        await self.aclose()
+        logger.info("Sync sender %s stopped", self.name)
+
+    async def aclose(self) -> None:
+        """Close the sinks' clients of this event loop."""
+        for sink in all_sinks():
+            await sink.aclose()
+
+    async def run_once_and_close(self) -> int:
+        """`run_once` for a short-lived event loop (a command, a test)."""
+        try:
+            return await self.run_once()
+        finally:
+            await self.aclose()
+
+    async def deliver(self, sink: Sink, state: SinkState) -> None:
+        try:
+            await self._deliver(sink, state)
+        except RemoteNotFound as exc:
+            # The thread is gone remotely: start a new one and send the whole history again.
+            logger.warning(
+                "Failed to load context from %s thread %s: %s; creating a new thread",
+                sink.label,
+                state.remote_id,
+                exc,
+            )
+            await db(record_remote)(state, sink, None)
+            try:
+                await self._deliver(sink, state)
+            except SinkError as retry_exc:
+                await self._failed(sink, state, retry_exc)
+                return
+        except SinkError as exc:
+            await self._failed(sink, state, exc)
+            return
+        except Exception as exc:
+            logger.exception("Unexpected error delivering session %s", state.session_id)
+            await self._failed(sink, state, SinkError(f"{type(exc).__name__}: {exc}"))
+            return
+        await db(release_state)(state)
+        await db(record_sink_result)(sink)
+
+    async def _deliver(self, sink: Sink, state: SinkState) -> None:
+        if not state.remote_id:
+            remote_id = await sink.create_remote(session=session_info(state.session))
+            await db(record_remote)(state, sink, remote_id)
+        if state.inflight_seq is not None:
+            await self._reconcile(sink, state)
+        while messages := await db(pending_messages)(state, settings.SYNC_BATCH_SIZE):
+            await db(mark_inflight)(state, messages[-1].seq)
+            try:
+                ids = await sink.append(remote_id=state.remote_id, messages=messages)
+            except AppendInterrupted as exc:
+                done = messages[: len(exc.delivered_ids)]
+                await db(record_delivered)(state, [m.seq for m in done], exc.delivered_ids)
+                raise exc.cause from exc
+            await db(record_delivered)(state, [m.seq for m in messages], ids)
+
+    async def _reconcile(self, sink: Sink, state: SinkState) -> None:
+        """A sender died while sending the batch up to `inflight_seq`: the remote messages that
+        have no receipt are that batch's first messages, in order."""
+        known = await db(receipt_ids)(state)
+        remote = await sink.load(remote_id=state.remote_id)
+        unrecorded = [m.remote_id for m in remote if m.remote_id not in known]
+        batch = await db(pending_messages)(state, state.inflight_seq - state.delivered_seq)
+        landed = batch[: len(unrecorded)]
+        logger.info(
+            "Reconciled %s thread %s after an interrupted batch: %d of %d messages had landed",
+            sink.label,
+            state.remote_id,
+            len(landed),
+            len(batch),
+        )
+        await db(record_delivered)(state, [m.seq for m in landed], unrecorded[: len(landed)])
+
+    async def _failed(self, sink: Sink, state: SinkState, exc: SinkError) -> None:
+        retry_after = exc.retry_after if isinstance(exc, RemoteThrottled) else None
+        delay = backoff_delay(state.attempts + 1, retry_after)
+        if state.remote_id:
+            logger.warning(
+                "Failed to save context to %s thread %s: %s (retry in %.1f s)",
+                sink.label,
+                state.remote_id,
+                exc,
+                delay,
+            )
+        else:
+            logger.warning(
+                "%s thread operation failed, falling back to local storage: %s "
+                "(session %s; retry in %.1f s)",
+                sink.label,
+                exc,
+                state.session.session_key,
+                delay,
+            )
+        await db(release_state)(state, error=str(exc) or type(exc).__name__, retry_in=delay)
+        await db(record_sink_result)(sink, str(exc) or type(exc).__name__)
+
+    async def delete(self, sink: Sink, deletion: RemoteDeletion) -> None:
+        try:
+            await sink.delete_remote(remote_id=deletion.remote_id)
+        except SinkError as exc:
+            retry_after = exc.retry_after if isinstance(exc, RemoteThrottled) else None
+            delay = backoff_delay(deletion.attempts + 1, retry_after)
+            logger.warning(
+                "%s thread operation failed, falling back to local storage: could not delete "
+                "thread %s of deleted session %s: %s (retry in %.1f s)",
+                sink.label,
+                deletion.remote_id,
+                deletion.session_key,
+                exc,
+                delay,
+            )
+            await db(release_deletion)(deletion, error=str(exc), retry_in=delay)
+            await db(record_sink_result)(sink, str(exc))
+            return
+        await db(RemoteDeletion.objects.filter(pk=deletion.pk).delete)()
+        await db(record_sink_result)(sink)
+
+
+# ---- the sender inside a server process ------------------------------------------------------
+
+_wake = threading.Event()
+_started = threading.Lock()
+_in_process: threading.Thread | None = None
+
+
+def notify_sender() -> None:
+    """Wake the in-process sender: a turn has work for it (call after commit)."""
+    _wake.set()
+
+
+def start_in_process_sender() -> None:
+    """Start this process's sender thread once (when SYNC_IN_PROCESS); idempotent."""
+    global _in_process
+    if not settings.SYNC_IN_PROCESS:
+        return
+    with _started:
+        if _in_process is not None:
+            return
+        stop = threading.Event()
+        _in_process = threading.Thread(
+            target=lambda: asyncio.run(Sender().run(stop, _wake)),
+            name="sync-sender",
+            daemon=True,
+        )
+        _in_process.start()
