@@ -71,8 +71,11 @@ class AgentsThreadStore:
         messages = []
         try:
             async for message in self.client.messages.list(thread_id, order="asc", limit=PAGE_SIZE):
-                role = (message.metadata or {}).get("role") or message.role
-                messages.append(RemoteMessage(message.id, str(role), _text(message)))
+                # The SDK's role is an enum, whose str() is its name, not its value.
+                role = (message.metadata or {}).get("role") or getattr(
+                    message.role, "value", message.role
+                )
+                messages.append(RemoteMessage(message.id, role, _text(message)))
         except (TimeoutError, AzureError, OSError) as exc:
             raise sink_error(exc) from exc
         return messages

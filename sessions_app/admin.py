@@ -4,13 +4,28 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
 from sessions_app import services
-from sessions_app.models import ChatMessage, ChatSession
+from sessions_app.models import ChatMessage, ChatSession, RemoteDeletion, SinkState
+from sessions_app.sinks import all_sinks
+from sessions_app.sync import notify_sender
 
 # A session page shows this many of the latest messages; the messages list has them all.
 INLINE_MESSAGES = 200
+
+
+def sync_summary(state: SinkState) -> str:
+    """synced / pending n / failing (attempts, next try, last error)."""
+    if state.last_error and state.attempts:
+        return (
+            f"failing: {state.attempts} attempts, next try "
+            f"{state.next_attempt_at:%Y-%m-%d %H:%M:%S}, last error: {state.last_error[:200]}"
+        )
+    if state.pending_count:
+        return f"pending {state.pending_count}"
+    return "synced"
 
 
 class HasThreadFilter(admin.SimpleListFilter):
@@ -52,12 +67,14 @@ class ChatSessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "agent_id",
         "project_id",
         "foundry_thread_id",
+        "sync_state",
         "last_seq",
         "last_activity_at",
     ]
     list_filter = ["agent_id", "project_id", HasThreadFilter]
     search_fields = ["owner__username", "owner__email", "session_id", "foundry_thread_id"]
     list_select_related = ["owner"]
+    actions = ["retry_sync_now", "recreate_remote_threads", "delete_remote_threads"]
     readonly_fields = [
         "owner",
         "session_id",
@@ -69,11 +86,68 @@ class ChatSessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "created_at",
         "updated_at",
         "last_activity_at",
+        "history_import_from",
+        "sync_details",
         "all_messages",
     ]
     fields = readonly_fields
     inlines = [ChatMessageInline]
     date_hierarchy = "last_activity_at"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("sink_states")
+
+    @admin.display(description="sync")
+    def sync_state(self, obj: ChatSession) -> str:
+        states = list(obj.sink_states.all())
+        if not states:
+            return "local only"
+        return "; ".join(f"{state.sink}: {sync_summary(state)}" for state in states)
+
+    @admin.display(description="Sync with remote stores")
+    def sync_details(self, obj: ChatSession):
+        rows = [
+            (
+                state.sink,
+                state.remote_id or "(none yet)",
+                sync_summary(state),
+                f"{state.delivered_seq} of {state.wanted_seq}",
+                state.attempts,
+                state.next_attempt_at,
+                state.last_error or "-",
+            )
+            for state in obj.sink_states.all()
+        ]
+        if not rows:
+            return "Local only."
+        return format_html(
+            "<table><tr><th>sink</th><th>thread</th><th>state</th><th>delivered</th>"
+            "<th>attempts</th><th>next try</th><th>last error</th></tr>{}</table>",
+            format_html_join("", "<tr>" + "<td>{}</td>" * 7 + "</tr>", rows),
+        )
+
+    @admin.action(description="Retry sync now")
+    def retry_sync_now(self, request, queryset):
+        for session in queryset:
+            services.session_sync_retry(session=session)
+        self.message_user(request, f"{queryset.count()} session(s) will be synced now.")
+
+    @admin.action(description="Re-create remote threads and resync the whole history")
+    def recreate_remote_threads(self, request, queryset):
+        for session in queryset:
+            for sink in all_sinks():
+                services.session_sync_restart(session=session, sink=sink)
+        self.message_user(request, f"{queryset.count()} session(s) will be resent.")
+
+    @admin.action(description="Delete remote threads (sessions stay, local only)")
+    def delete_remote_threads(self, request, queryset):
+        deleted = [
+            thread_id
+            for session in queryset
+            for sink in all_sinks()
+            if (thread_id := services.session_remote_delete(session=session, sink=sink))
+        ]
+        self.message_user(request, f"{len(deleted)} remote thread(s) queued for deletion.")
 
     @admin.display(description="All messages")
     def all_messages(self, obj: ChatSession) -> str:
@@ -117,3 +191,19 @@ class ChatMessageAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         # Messages go with their session; deleting one would tear a hole in the history.
         return False
+
+
+@admin.register(RemoteDeletion)
+class RemoteDeletionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Remote threads of deleted sessions still to delete (the sender retries until done)."""
+
+    list_display = ["sink", "remote_id", "session_key", "attempts", "next_attempt_at", "last_error"]
+    list_filter = ["sink"]
+    search_fields = ["remote_id", "session_key"]
+    actions = ["retry_now"]
+
+    @admin.action(description="Retry now")
+    def retry_now(self, request, queryset):
+        count = queryset.update(next_attempt_at=timezone.now(), attempts=0)
+        notify_sender()
+        self.message_user(request, f"{count} deletion(s) will be retried now.")

@@ -188,3 +188,51 @@ def session_delete(*, session: ChatSession) -> None:
     session.delete()
     transaction.on_commit(notify_sender)
     logger.info("Deleted session %s", session.session_key)
+
+
+def session_sync_retry(*, session: ChatSession) -> int:
+    """Make the session's pending deliveries due now, forgetting their backoff."""
+    updated = SinkState.objects.filter(session=session).update(
+        next_attempt_at=timezone.now(), attempts=0
+    )
+    transaction.on_commit(notify_sender)
+    return updated
+
+
+@transaction.atomic
+def session_sync_restart(*, session: ChatSession, sink: Sink) -> None:
+    """Give the session a new remote thread on the sink and send its whole history there (the
+    old thread is left as it is)."""
+    state, _ = SinkState.objects.get_or_create(session=session, sink=sink.name)
+    remote_history.point_at(state=state, sink=sink, remote_id=None)
+    SinkState.objects.filter(pk=state.pk).update(
+        wanted_seq=session.last_seq, next_attempt_at=timezone.now(), attempts=0, last_error=""
+    )
+    ChatSession.objects.filter(pk=session.pk).update(history_import_from="")
+    transaction.on_commit(notify_sender)
+    logger.info("Session %s will be resent to a new %s thread", session.session_key, sink.label)
+
+
+@transaction.atomic
+def session_remote_delete(*, session: ChatSession, sink: Sink) -> str | None:
+    """Delete the session's remote thread on the sink (queued, retried until done); the session
+    stays, local only, until its next turn starts a new thread. Returns the thread id."""
+    state = SinkState.objects.filter(session=session, sink=sink.name).first()
+    if state is None or not state.remote_id:
+        return None
+    RemoteDeletion.objects.get_or_create(
+        sink=sink.name,
+        remote_id=state.remote_id,
+        defaults={"session_key": session.session_key},
+    )
+    state.delete()
+    if sink.session_field:
+        ChatSession.objects.filter(pk=session.pk).update(**{sink.session_field: None})
+    transaction.on_commit(notify_sender)
+    logger.info(
+        "Session %s: %s thread %s queued for deletion",
+        session.session_key,
+        sink.label,
+        state.remote_id,
+    )
+    return state.remote_id

@@ -1,0 +1,117 @@
+"""A session pointed at an existing Foundry thread (a fresh database, an import) loads that
+history on its next turn, then carries on on the same thread."""
+
+import asyncio
+import logging
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from sessions_app import services
+from sessions_app.models import ChatMessage, ChatSession
+from sessions_app.sinks import OutgoingMessage, SessionInfo, sink_get
+from tests.foundry_integration.conftest import drain, sync_pass, thread_messages
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def remote_thread(turns: int) -> str:
+    """A thread made elsewhere, holding `turns` user/assistant pairs."""
+    sink = sink_get("foundry")
+    messages = []
+    for n in range(turns):
+        messages += [
+            OutgoingMessage(2 * n + 1, "user", f"old question {n}", "echo"),
+            OutgoingMessage(2 * n + 2, "assistant", f"old answer {n}", "echo"),
+        ]
+
+    async def make() -> str:
+        try:
+            info = SessionInfo("x", "echo", "default", "elsewhere", timezone.now())
+            thread_id = await sink.create_remote(session=info)
+            await sink.append(remote_id=thread_id, messages=messages)
+            return thread_id
+        finally:
+            await sink.aclose()
+
+    return asyncio.run(make())
+
+
+def history(session_id: str) -> list[tuple[int, str, str]]:
+    return list(
+        ChatMessage.objects.filter(session__session_id=session_id)
+        .order_by("seq")
+        .values_list("seq", "role", "content")
+    )
+
+
+def test_next_turn_loads_the_thread_then_continues_on_it(user, foundry, caplog):
+    caplog.set_level(logging.INFO)
+    thread_id = remote_thread(30)
+    call_command("foundry_import_thread", "alice", "imported", thread_id)
+    session = ChatSession.objects.get(session_id="imported")
+    assert session.foundry_thread_id == thread_id
+
+    turn = services.chat_turn(user=user, message="new question", session_id="imported")
+    assert turn.reply == 'Turn 31: you said "new question". Earlier you said "old question 29".'
+    assert f"Loaded context from Foundry thread {thread_id}: 60 messages" in caplog.text
+    rows = history("imported")
+    assert [seq for seq, _, _ in rows] == list(range(1, 63))
+    assert rows[0] == (1, "user", "old question 0")
+    assert rows[60] == (61, "user", "new question")
+    drain()
+    on_thread = thread_messages(foundry, thread_id)
+    assert len(on_thread) == 62
+    assert on_thread[-2:] == [("user", "new question"), ("assistant", turn.reply)]
+
+
+def test_foundry_down_the_turn_goes_on_locally_and_the_next_one_loads(user, foundry, caplog):
+    thread_id = remote_thread(2)
+    call_command("foundry_import_thread", "alice", "later", thread_id)
+    foundry.state.fail_next = 1
+    first = services.chat_turn(user=user, message="while down", session_id="later")
+    assert first.reply == 'Turn 1: you said "while down".'
+    assert "Foundry thread operation failed, falling back to local storage" in caplog.text
+    sync_pass()  # nothing goes to the thread before its history is local
+    assert len(thread_messages(foundry, thread_id)) == 4
+
+    second = services.chat_turn(user=user, message="back up", session_id="later")
+    assert second.reply.startswith("Turn 4:")
+    assert [content for _, _, content in history("later")] == [
+        "old question 0",
+        "old answer 0",
+        "old question 1",
+        "old answer 1",
+        "while down",
+        first.reply,
+        "back up",
+        second.reply,
+    ]
+    drain()
+    assert [c for _, c in thread_messages(foundry, thread_id)] == [
+        c for _, _, c in history("later")
+    ]
+
+
+def test_missing_thread_gets_a_new_one_with_the_local_history(user, foundry, caplog):
+    call_command("foundry_import_thread", "alice", "ghost", "thread_doesnotexist000000000")
+    turn = services.chat_turn(user=user, message="hello", session_id="ghost")
+    assert turn.reply.startswith("Turn 1:")
+    assert "Failed to load context from Foundry thread thread_doesnotexist" in caplog.text
+    drain()
+    session = ChatSession.objects.get(session_id="ghost")
+    assert session.foundry_thread_id.startswith("thread_")
+    assert thread_messages(foundry, session.foundry_thread_id) == [
+        ("user", "hello"),
+        ("assistant", turn.reply),
+    ]
+
+
+def test_import_refuses_unknown_user_and_bad_ids(user):
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="No user"):
+        call_command("foundry_import_thread", "nobody", "s", "thread_x")
+    with pytest.raises(CommandError, match="letters, digits"):
+        call_command("foundry_import_thread", "alice", "bad id", "thread_x")

@@ -1,0 +1,135 @@
+"""The contract every Foundry thread store adapter passes, run against the emulator with the real
+SDK. Parametrised over FOUNDRY_THREAD_API values: a new adapter is one more parameter."""
+
+import pytest
+import pytest_asyncio
+
+from foundry_integration.config import FoundryConfig
+from foundry_integration.sink import thread_store
+from sessions_app.sinks import (
+    AppendInterrupted,
+    OutgoingMessage,
+    RemoteNotFound,
+    RemoteThrottled,
+    SinkError,
+)
+
+pytestmark = pytest.mark.asyncio
+
+METADATA = {"user_id": "1", "session_id": "s", "created_at": "2026-01-01T00:00:00+00:00"}
+
+
+@pytest_asyncio.fixture(params=["agents"])
+async def store(request, emulator):
+    config = FoundryConfig(
+        endpoint=emulator.base_url,
+        project="contract",
+        key="emulator-key",
+        thread_api=request.param,
+        connect_timeout=2,
+        read_timeout=2,
+        sdk_retries=0,
+    )
+    store = thread_store(config)
+    assert store.api == request.param
+    yield store
+    await store.aclose()
+
+
+def outgoing(count: int, start: int = 1) -> list[OutgoingMessage]:
+    return [
+        OutgoingMessage(seq, "user" if seq % 2 else "assistant", f"text {seq}", "echo")
+        for seq in range(start, start + count)
+    ]
+
+
+async def test_create_append_load_in_order(store):
+    thread_id = await store.create_thread(metadata=METADATA)
+    assert await store.load_messages(thread_id=thread_id) == []
+    ids = await store.append_messages(thread_id=thread_id, messages=outgoing(5))
+    ids += await store.append_messages(thread_id=thread_id, messages=outgoing(3, start=6))
+    assert len(set(ids)) == 8
+    loaded = await store.load_messages(thread_id=thread_id)
+    assert [m.remote_id for m in loaded] == ids
+    assert [(m.role, m.content) for m in loaded] == [
+        ("user" if seq % 2 else "assistant", f"text {seq}") for seq in range(1, 9)
+    ]
+
+
+async def test_long_threads_load_whole(store):
+    thread_id = await store.create_thread(metadata=METADATA)
+    await store.append_messages(thread_id=thread_id, messages=outgoing(250))
+    loaded = await store.load_messages(thread_id=thread_id)
+    assert [m.content for m in loaded] == [f"text {seq}" for seq in range(1, 251)]
+
+
+async def test_content_round_trips(store):
+    thread_id = await store.create_thread(metadata=METADATA)
+    texts = ["x" * 32_000, "ünïcödé ✓ 漢字 🙂", 'line\nbreaks\tand "quotes"']
+    messages = [OutgoingMessage(n, "user", t, "echo") for n, t in enumerate(texts, start=1)]
+    await store.append_messages(thread_id=thread_id, messages=messages)
+    assert [m.content for m in await store.load_messages(thread_id=thread_id)] == texts
+
+
+async def test_system_messages_keep_their_role(store):
+    thread_id = await store.create_thread(metadata=METADATA)
+    await store.append_messages(
+        thread_id=thread_id, messages=[OutgoingMessage(1, "system", "be brief", "echo")]
+    )
+    assert [m.role for m in await store.load_messages(thread_id=thread_id)] == ["system"]
+
+
+async def test_missing_thread_is_remote_not_found(store):
+    with pytest.raises(RemoteNotFound):
+        await store.load_messages(thread_id="thread_missing")
+    with pytest.raises(RemoteNotFound):
+        await store.append_messages(thread_id="thread_missing", messages=outgoing(1))
+
+
+async def test_delete_is_idempotent(store):
+    thread_id = await store.create_thread(metadata=METADATA)
+    await store.delete_thread(thread_id=thread_id)
+    with pytest.raises(RemoteNotFound):
+        await store.load_messages(thread_id=thread_id)
+    await store.delete_thread(thread_id=thread_id)
+
+
+async def test_throttling_carries_retry_after(store, emulator):
+    emulator.state.retry_after_s = 7
+    emulator.state.throttle_next = 1
+    with pytest.raises(RemoteThrottled) as caught:
+        await store.create_thread(metadata=METADATA)
+    assert caught.value.retry_after == 7
+
+
+@pytest.mark.parametrize("knob", ["fail_next", "drop_next"])
+async def test_failures_are_sink_errors_and_store_nothing(store, emulator, knob):
+    thread_id = await store.create_thread(metadata=METADATA)
+    setattr(emulator.state, knob, 1)
+    with pytest.raises(SinkError) as caught:
+        await store.append_messages(thread_id=thread_id, messages=outgoing(1))
+    assert not isinstance(caught.value, AppendInterrupted)
+    assert await store.load_messages(thread_id=thread_id) == []
+
+
+async def test_an_interrupted_batch_reports_the_stored_prefix(store, emulator):
+    thread_id = await store.create_thread(metadata=METADATA)
+    # Seed 2 draws 0.96, 0.95, 0.06...: the third request of the batch fails. An adapter that
+    # sends a batch in one call stores all or nothing; either way the stored part is a prefix.
+    emulator.state.configure_faults(error_rate=0.5, seed=2)
+    try:
+        await store.append_messages(thread_id=thread_id, messages=outgoing(10))
+        delivered = 10
+    except AppendInterrupted as exc:
+        delivered = len(exc.delivered_ids)
+    except SinkError:
+        delivered = 0
+    emulator.state.error_rate = 0
+    loaded = await store.load_messages(thread_id=thread_id)
+    assert [m.content for m in loaded] == [f"text {seq}" for seq in range(1, delivered + 1)]
+
+
+async def test_timeouts_are_sink_errors(store, emulator):
+    emulator.state.latency_ms = 3000
+    with pytest.raises(SinkError):
+        await store.create_thread(metadata=METADATA)
