@@ -71,11 +71,15 @@ class AgentsThreadStore:
         messages = []
         try:
             async for message in self.client.messages.list(thread_id, order="asc", limit=PAGE_SIZE):
+                metadata = message.metadata or {}
                 # The SDK's role is an enum, whose str() is its name, not its value.
-                role = (message.metadata or {}).get("role") or getattr(
-                    message.role, "value", message.role
+                role = metadata.get("role") or getattr(message.role, "value", message.role)
+                seq = metadata.get("seq", "")
+                messages.append(
+                    RemoteMessage(
+                        message.id, role, _text(message), int(seq) if seq.isdigit() else None
+                    )
                 )
-                messages.append(RemoteMessage(message.id, role, _text(message)))
         except (TimeoutError, AzureError, OSError) as exc:
             raise sink_error(exc) from exc
         return messages

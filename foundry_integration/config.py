@@ -1,7 +1,7 @@
 """The Foundry connection settings, checked once, and the SDK endpoint built from them."""
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from django.conf import settings
@@ -15,7 +15,7 @@ THREAD_APIS = ("agents",)
 class FoundryConfig:
     endpoint: str
     project: str
-    key: str
+    key: str = field(repr=False)
     thread_api: str
     connect_timeout: float
     read_timeout: float

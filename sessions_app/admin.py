@@ -126,20 +126,24 @@ class ChatSessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             format_html_join("", "<tr>" + "<td>{}</td>" * 7 + "</tr>", rows),
         )
 
-    @admin.action(description="Retry sync now")
+    @admin.action(description="Retry sync now", permissions=["delete"])
     def retry_sync_now(self, request, queryset):
         for session in queryset:
             services.session_sync_retry(session=session)
         self.message_user(request, f"{queryset.count()} session(s) will be synced now.")
 
-    @admin.action(description="Re-create remote threads and resync the whole history")
+    @admin.action(
+        description="Re-create remote threads and resync the whole history", permissions=["delete"]
+    )
     def recreate_remote_threads(self, request, queryset):
         for session in queryset:
             for sink in all_sinks():
                 services.session_sync_restart(session=session, sink=sink)
         self.message_user(request, f"{queryset.count()} session(s) will be resent.")
 
-    @admin.action(description="Delete remote threads (sessions stay, local only)")
+    @admin.action(
+        description="Delete remote threads (sessions stay, local only)", permissions=["delete"]
+    )
     def delete_remote_threads(self, request, queryset):
         deleted = [
             thread_id

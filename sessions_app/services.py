@@ -15,7 +15,7 @@ from sessions_app import remote_history, selectors
 from sessions_app.agents import agent_get
 from sessions_app.models import ChatMessage, ChatSession, RemoteDeletion, SinkState
 from sessions_app.sinks import Sink, active_sinks, sink_get
-from sessions_app.sync import notify_sender
+from sessions_app.sync import notify_sender, point_at
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,6 @@ def mark_pending(*, session: ChatSession, sinks: Sequence[Sink], through_seq: in
 
 
 @transaction.atomic
-@transaction.atomic
 def session_attach_remote(
     *, user: AbstractBaseUser, key: dict, sink_name: str, remote_id: str
 ) -> ChatSession:
@@ -165,7 +164,7 @@ def session_attach_remote(
     session, _ = ChatSession.objects.select_for_update().get_or_create(owner=user, **key)
     sink = sink_get(sink_name)
     state, _ = SinkState.objects.get_or_create(session=session, sink=sink_name)
-    remote_history.point_at(state=state, sink=sink, remote_id=remote_id)
+    point_at(state=state, sink=sink, remote_id=remote_id)
     session.history_import_from = sink_name
     session.save(update_fields=["history_import_from"])
     if sink.session_field:
@@ -174,9 +173,13 @@ def session_attach_remote(
     return session
 
 
+@transaction.atomic
 def session_delete(*, session: ChatSession) -> None:
     """Delete the session and its messages; its remote threads are queued for deletion (the
     sender retries until they are gone)."""
+    # Locked first, so a sender creating a thread for it right now sees it gone (and queues
+    # that thread's deletion) instead of the thread escaping us.
+    ChatSession.objects.select_for_update().filter(pk=session.pk).first()
     remote = SinkState.objects.filter(session=session, remote_id__isnull=False)
     RemoteDeletion.objects.bulk_create(
         [
@@ -204,7 +207,7 @@ def session_sync_restart(*, session: ChatSession, sink: Sink) -> None:
     """Give the session a new remote thread on the sink and send its whole history there (the
     old thread is left as it is)."""
     state, _ = SinkState.objects.get_or_create(session=session, sink=sink.name)
-    remote_history.point_at(state=state, sink=sink, remote_id=None)
+    point_at(state=state, sink=sink, remote_id=None)
     SinkState.objects.filter(pk=state.pk).update(
         wanted_seq=session.last_seq, next_attempt_at=timezone.now(), attempts=0, last_error=""
     )
@@ -226,6 +229,8 @@ def session_remote_delete(*, session: ChatSession, sink: Sink) -> str | None:
         defaults={"session_key": session.session_key},
     )
     state.delete()
+    # Nothing left to import from: the next turn starts a new thread from the local history.
+    ChatSession.objects.filter(pk=session.pk).update(history_import_from="")
     if sink.session_field:
         ChatSession.objects.filter(pk=session.pk).update(**{sink.session_field: None})
     transaction.on_commit(notify_sender)

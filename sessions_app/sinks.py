@@ -71,6 +71,8 @@ class RemoteMessage:
     remote_id: str
     role: str
     content: str
+    # The local sequence number the message was sent with, where the sink keeps it.
+    seq: int | None = None
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,6 @@ from sessions_app.models import (
     SinkReceipt,
     SinkState,
 )
-from sessions_app.remote_history import point_at
 from sessions_app.sinks import (
     AppendInterrupted,
     OutgoingMessage,
@@ -140,13 +139,48 @@ def session_info(session: ChatSession) -> SessionInfo:
     )
 
 
+class ClaimLost(Exception):
+    """Another sender holds the row now (our lease expired): stop touching it."""
+
+
+def _owned(state: SinkState, worker: str):
+    return SinkState.objects.filter(pk=state.pk, claimed_by=worker)
+
+
+def point_at(*, state: SinkState, sink: Sink, remote_id: str | None) -> bool:
+    """Make `remote_id` (or none) the session's thread on the sink, nothing delivered there yet.
+    Call inside a transaction. False if the session no longer exists."""
+    # The session row is locked first, as a chat turn locks it, so the two never deadlock.
+    if not ChatSession.objects.select_for_update().filter(pk=state.session_id).exists():
+        return False
+    if sink.session_field:
+        ChatSession.objects.filter(pk=state.session_id).update(**{sink.session_field: remote_id})
+    SinkReceipt.objects.filter(state=state).delete()
+    SinkState.objects.filter(pk=state.pk).update(
+        remote_id=remote_id, delivered_seq=0, inflight_seq=None
+    )
+    return True
+
+
 @transaction.atomic
-def record_remote(state: SinkState, sink: Sink, remote_id: str | None) -> None:
-    """Point the session at a (new) remote thread, or at none; nothing is delivered there yet."""
-    point_at(state=state, sink=sink, remote_id=remote_id)
+def record_remote(state: SinkState, sink: Sink, remote_id: str | None, worker: str) -> None:
+    """Point the claimed session at a (new) remote thread, or at none. A thread made for a
+    session deleted meanwhile is queued for deletion instead."""
+    if not point_at(state=state, sink=sink, remote_id=remote_id):
+        if remote_id:
+            queue_deletion(sink.name, remote_id, state.session.session_key)
+        raise ClaimLost(f"session {state.session_id} was deleted")
+    if not _owned(state, worker).exists():
+        raise ClaimLost(f"session {state.session_id} was claimed by another sender")
     state.remote_id = remote_id
     state.delivered_seq = 0
     state.inflight_seq = None
+
+
+def queue_deletion(sink_name: str, remote_id: str, session_key: str) -> None:
+    RemoteDeletion.objects.get_or_create(
+        sink=sink_name, remote_id=remote_id, defaults={"session_key": session_key}
+    )
 
 
 def pending_messages(state: SinkState, limit: int) -> list[OutgoingMessage]:
@@ -156,51 +190,72 @@ def pending_messages(state: SinkState, limit: int) -> list[OutgoingMessage]:
     return [OutgoingMessage(m.seq, m.role, m.content, m.agent_id) for m in rows]
 
 
-def mark_inflight(state: SinkState, seq: int) -> None:
+def mark_inflight(state: SinkState, seq: int, worker: str) -> None:
+    """Note the batch about to be sent, and renew the lease; ClaimLost if it is not ours."""
+    lease_end = timezone.now() + timedelta(seconds=settings.SYNC_LEASE_S)
+    if not _owned(state, worker).update(inflight_seq=seq, claimed_until=lease_end):
+        raise ClaimLost(f"session {state.session_id} was claimed by another sender")
     state.inflight_seq = seq
-    SinkState.objects.filter(pk=state.pk).update(inflight_seq=seq)
 
 
 @transaction.atomic
-def record_delivered(state: SinkState, seqs: Sequence[int], remote_ids: Sequence[str]) -> None:
-    """Receipts for delivered messages (a prefix of the pending ones), and the new high mark."""
-    if seqs:
-        SinkReceipt.objects.bulk_create(
-            SinkReceipt(state=state, seq=seq, remote_id=remote_id)
-            for seq, remote_id in zip(seqs, remote_ids, strict=True)
-        )
-        state.delivered_seq = seqs[-1]
-    state.inflight_seq = None
-    state.synced_at = timezone.now()
-    SinkState.objects.filter(pk=state.pk).update(
-        delivered_seq=state.delivered_seq, inflight_seq=None, synced_at=state.synced_at
+def record_delivered(
+    state: SinkState,
+    seqs: Sequence[int],
+    remote_ids: Sequence[str],
+    worker: str,
+    *,
+    batch_done: bool = True,
+) -> None:
+    """Receipts for delivered messages (a prefix of the pending ones) and the new high mark.
+    When the batch was cut short (`batch_done` false) it stays marked in flight, so the next
+    attempt checks the thread first: the failed message may have landed after all."""
+    delivered_seq = seqs[-1] if seqs else state.delivered_seq
+    inflight_seq = None if batch_done else state.inflight_seq
+    now = timezone.now()
+    if not _owned(state, worker).update(
+        delivered_seq=delivered_seq, inflight_seq=inflight_seq, synced_at=now
+    ):
+        raise ClaimLost(f"session {state.session_id} was claimed by another sender")
+    SinkReceipt.objects.bulk_create(
+        SinkReceipt(state=state, seq=seq, remote_id=remote_id)
+        for seq, remote_id in zip(seqs, remote_ids, strict=True)
     )
     SinkHealth.objects.filter(sink=state.sink).update(
         delivered_total=F("delivered_total") + len(seqs)
     )
+    state.delivered_seq, state.inflight_seq, state.synced_at = delivered_seq, inflight_seq, now
 
 
 def receipt_ids(state: SinkState) -> set[str]:
     return set(SinkReceipt.objects.filter(state=state).values_list("remote_id", flat=True))
 
 
-def release_state(state: SinkState, *, error: str = "", retry_in: float | None = None) -> None:
-    """End the claim: after success (error ''), due again at once if more is pending; after a
-    failure, due again in `retry_in` seconds."""
+def release_state(
+    state: SinkState, *, worker: str = "", error: str = "", retry_in: float | None = None
+) -> None:
+    """End the claim (`worker` ''; a row nobody claimed): after success (error ''), due again at
+    once if more is pending; after a failure, due again in `retry_in` seconds."""
     now = timezone.now()
+    released = {"claimed_by": "", "claimed_until": None}
     if error:
-        SinkState.objects.filter(pk=state.pk).update(
+        SinkState.objects.filter(pk=state.pk, claimed_by=worker).update(
             attempts=F("attempts") + 1,
             last_error=error[:2000],
             last_error_at=now,
             next_attempt_at=now + timedelta(seconds=retry_in or 0),
-            claimed_by="",
-            claimed_until=None,
+            **released,
         )
     else:
-        SinkState.objects.filter(pk=state.pk).update(
-            attempts=0, last_error="", next_attempt_at=now, claimed_by="", claimed_until=None
+        SinkState.objects.filter(pk=state.pk, claimed_by=worker).update(
+            attempts=0, last_error="", next_attempt_at=now, **released
         )
+
+
+def renew_leases(worker: str) -> None:
+    lease_end = timezone.now() + timedelta(seconds=settings.SYNC_LEASE_S)
+    SinkState.objects.filter(claimed_by=worker).update(claimed_until=lease_end)
+    RemoteDeletion.objects.filter(claimed_by=worker).update(claimed_until=lease_end)
 
 
 def release_deletion(deletion: RemoteDeletion, *, error: str, retry_in: float) -> None:
@@ -241,12 +296,18 @@ def record_sink_result(sink: Sink, error: str = "") -> None:
         health.save()
 
 
+# ---- delivery --------------------------------------------------------------------------------
+
+
 async def _bounded(semaphore: asyncio.Semaphore, job) -> None:
     async with semaphore:
         await job
 
 
-# ---- delivery --------------------------------------------------------------------------------
+def _error_text(exc: Exception) -> str:
+    if isinstance(exc, SinkError):
+        return str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}"
 
 
 class Sender:
@@ -268,13 +329,25 @@ class Sender:
             deletions = await db(claim_deletions)(
                 sink_name=sink.name, worker=self.name, limit=limit
             )
+            if not states and not deletions:
+                continue
             semaphore = asyncio.Semaphore(settings.SYNC_CONCURRENCY)
-            await asyncio.gather(
-                *(_bounded(semaphore, self.deliver(sink, state)) for state in states),
-                *(_bounded(semaphore, self.delete(sink, deletion)) for deletion in deletions),
-            )
+            # While this sender works, its leases are renewed; if it dies, they run out.
+            heartbeat = asyncio.create_task(self._heartbeat())
+            try:
+                await asyncio.gather(
+                    *(_bounded(semaphore, self.deliver(sink, state)) for state in states),
+                    *(_bounded(semaphore, self.delete(sink, d)) for d in deletions),
+                )
+            finally:
+                heartbeat.cancel()
             handled += len(states) + len(deletions)
         return handled
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(settings.SYNC_LEASE_S / 3)
+            await db(renew_leases)(self.name)
 
     async def run(self, stop: threading.Event, wake: threading.Event | None = None) -> None:
         """Pass after pass until `stop` is set; idle passes wait SYNC_POLL_INTERVAL_S or `wake`."""
@@ -308,65 +381,81 @@ class Sender:
 
     async def deliver(self, sink: Sink, state: SinkState) -> None:
         try:
-            await self._deliver(sink, state)
-        except RemoteNotFound as exc:
-            # The thread is gone remotely: start a new one and send the whole history again.
-            logger.warning(
-                "Failed to load context from %s thread %s: %s; creating a new thread",
-                sink.label,
-                state.remote_id,
-                exc,
-            )
-            await db(record_remote)(state, sink, None)
             try:
                 await self._deliver(sink, state)
-            except SinkError as retry_exc:
-                await self._failed(sink, state, retry_exc)
-                return
-        except SinkError as exc:
-            await self._failed(sink, state, exc)
+            except RemoteNotFound as exc:
+                await self._replace_lost_thread(sink, state, exc)
+                await self._deliver(sink, state)
+        except ClaimLost as exc:
+            logger.warning("Sync of session %s stopped: %s", state.session_id, exc)
             return
         except Exception as exc:
-            logger.exception("Unexpected error delivering session %s", state.session_id)
-            await self._failed(sink, state, SinkError(f"{type(exc).__name__}: {exc}"))
+            if not isinstance(exc, SinkError):
+                logger.exception("Unexpected error delivering session %s", state.session_id)
+            await self._failed(sink, state, exc)
             return
-        await db(release_state)(state)
+        await db(release_state)(state, worker=self.name)
         await db(record_sink_result)(sink)
+
+    async def _replace_lost_thread(self, sink: Sink, state: SinkState, exc: Exception) -> None:
+        """The thread is gone remotely: start a new one and send the whole history again. The
+        old id is queued for deletion, in case it is only hidden (then it does not linger)."""
+        logger.warning(
+            "Failed to load context from %s thread %s: %s; creating a new thread",
+            sink.label,
+            state.remote_id,
+            exc,
+        )
+        await db(queue_deletion)(sink.name, state.remote_id, state.session.session_key)
+        await db(record_remote)(state, sink, None, self.name)
 
     async def _deliver(self, sink: Sink, state: SinkState) -> None:
         if not state.remote_id:
             remote_id = await sink.create_remote(session=session_info(state.session))
-            await db(record_remote)(state, sink, remote_id)
+            await db(record_remote)(state, sink, remote_id, self.name)
         if state.inflight_seq is not None:
             await self._reconcile(sink, state)
         while messages := await db(pending_messages)(state, settings.SYNC_BATCH_SIZE):
-            await db(mark_inflight)(state, messages[-1].seq)
+            await db(mark_inflight)(state, messages[-1].seq, self.name)
             try:
                 ids = await sink.append(remote_id=state.remote_id, messages=messages)
             except AppendInterrupted as exc:
-                done = messages[: len(exc.delivered_ids)]
-                await db(record_delivered)(state, [m.seq for m in done], exc.delivered_ids)
+                done = [m.seq for m in messages[: len(exc.delivered_ids)]]
+                await db(record_delivered)(
+                    state, done, exc.delivered_ids, self.name, batch_done=False
+                )
                 raise exc.cause from exc
-            await db(record_delivered)(state, [m.seq for m in messages], ids)
+            await db(record_delivered)(state, [m.seq for m in messages], ids, self.name)
 
     async def _reconcile(self, sink: Sink, state: SinkState) -> None:
-        """A sender died while sending the batch up to `inflight_seq`: the remote messages that
-        have no receipt are that batch's first messages, in order."""
+        """A sender died, or a call failed, while the batch up to `inflight_seq` was being sent:
+        find which of its messages landed and record them, so none is sent twice. Messages are
+        matched by the seq they carry when the sink keeps it; otherwise the thread's messages
+        without a receipt are taken as the batch's first ones, in order."""
         known = await db(receipt_ids)(state)
-        remote = await sink.load(remote_id=state.remote_id)
-        unrecorded = [m.remote_id for m in remote if m.remote_id not in known]
+        remote = [m for m in await sink.load(remote_id=state.remote_id) if m.remote_id not in known]
         batch = await db(pending_messages)(state, state.inflight_seq - state.delivered_seq)
-        landed = batch[: len(unrecorded)]
+        if any(m.seq is not None for m in remote):
+            by_seq = {m.seq: m.remote_id for m in remote}
+            landed_ids = []
+            for message in batch:
+                if message.seq not in by_seq:
+                    break
+                landed_ids.append(by_seq[message.seq])
+        else:
+            landed_ids = [m.remote_id for m in remote][: len(batch)]
         logger.info(
             "Reconciled %s thread %s after an interrupted batch: %d of %d messages had landed",
             sink.label,
             state.remote_id,
-            len(landed),
+            len(landed_ids),
             len(batch),
         )
-        await db(record_delivered)(state, [m.seq for m in landed], unrecorded[: len(landed)])
+        landed = [m.seq for m in batch[: len(landed_ids)]]
+        await db(record_delivered)(state, landed, landed_ids, self.name)
 
-    async def _failed(self, sink: Sink, state: SinkState, exc: SinkError) -> None:
+    async def _failed(self, sink: Sink, state: SinkState, exc: Exception) -> None:
+        error = _error_text(exc)
         retry_after = exc.retry_after if isinstance(exc, RemoteThrottled) else None
         delay = backoff_delay(state.attempts + 1, retry_after)
         if state.remote_id:
@@ -374,7 +463,7 @@ class Sender:
                 "Failed to save context to %s thread %s: %s (retry in %.1f s)",
                 sink.label,
                 state.remote_id,
-                exc,
+                error,
                 delay,
             )
         else:
@@ -382,17 +471,18 @@ class Sender:
                 "%s thread operation failed, falling back to local storage: %s "
                 "(session %s; retry in %.1f s)",
                 sink.label,
-                exc,
+                error,
                 state.session.session_key,
                 delay,
             )
-        await db(release_state)(state, error=str(exc) or type(exc).__name__, retry_in=delay)
-        await db(record_sink_result)(sink, str(exc) or type(exc).__name__)
+        await db(release_state)(state, worker=self.name, error=error, retry_in=delay)
+        await db(record_sink_result)(sink, error)
 
     async def delete(self, sink: Sink, deletion: RemoteDeletion) -> None:
         try:
             await sink.delete_remote(remote_id=deletion.remote_id)
-        except SinkError as exc:
+        except Exception as exc:
+            error = _error_text(exc)
             retry_after = exc.retry_after if isinstance(exc, RemoteThrottled) else None
             delay = backoff_delay(deletion.attempts + 1, retry_after)
             logger.warning(
@@ -401,11 +491,11 @@ class Sender:
                 sink.label,
                 deletion.remote_id,
                 deletion.session_key,
-                exc,
+                error,
                 delay,
             )
-            await db(release_deletion)(deletion, error=str(exc), retry_in=delay)
-            await db(record_sink_result)(sink, str(exc))
+            await db(release_deletion)(deletion, error=error, retry_in=delay)
+            await db(record_sink_result)(sink, error)
             return
         await db(RemoteDeletion.objects.filter(pk=deletion.pk).delete)()
         await db(record_sink_result)(sink)

@@ -115,3 +115,53 @@ def test_import_refuses_unknown_user_and_bad_ids(user):
         call_command("foundry_import_thread", "nobody", "s", "thread_x")
     with pytest.raises(CommandError, match="letters, digits"):
         call_command("foundry_import_thread", "alice", "bad id", "thread_x")
+
+
+def test_two_first_turns_racing_import_once(user, foundry):
+    from sessions_app import remote_history
+    from sessions_app.sinks import active_sinks
+
+    thread_id = remote_thread(1)
+    call_command("foundry_import_thread", "alice", "racing", thread_id)
+    stale = ChatSession.objects.get(session_id="racing")
+    services.chat_turn(user=user, message="first tab", session_id="racing")
+    # The second tab loaded the thread too, before the first one's import committed.
+    message = ChatMessage.objects.filter(session=stale).order_by("-seq").first()
+    remote_history.import_pending(session=stale, user_message=message, sinks=active_sinks())
+    assert [c for _, _, c in history("racing")][:3] == [
+        "old question 0",
+        "old answer 0",
+        "first tab",
+    ]
+    assert len(history("racing")) == 4
+
+
+def test_deleting_an_imported_thread_leaves_a_working_session(user, foundry):
+    from sessions_app.sinks import sink_get
+
+    thread_id = remote_thread(1)
+    call_command("foundry_import_thread", "alice", "dropped", thread_id)
+    session = ChatSession.objects.get(session_id="dropped")
+    assert services.session_remote_delete(session=session, sink=sink_get("foundry")) == thread_id
+    turn = services.chat_turn(user=user, message="still works", session_id="dropped")
+    assert turn.reply.startswith("Turn 1:")
+    drain()
+    new_thread = ChatSession.objects.get(session_id="dropped").foundry_thread_id
+    assert new_thread != thread_id
+    assert thread_messages(foundry, new_thread) == [
+        ("user", "still works"),
+        ("assistant", turn.reply),
+    ]
+
+
+def test_import_waits_while_foundry_is_failing(user, foundry, settings):
+    settings.SYNC_BACKOFF_BASE_S = 60
+    settings.SYNC_BACKOFF_MAX_S = 60
+    thread_id = remote_thread(1)
+    call_command("foundry_import_thread", "alice", "patient", thread_id)
+    foundry.state.fail_next = 1
+    services.chat_turn(user=user, message="one", session_id="patient")
+    calls = foundry.state.counters.total
+    services.chat_turn(user=user, message="two", session_id="patient")
+    # Backing off: the second turn did not call Foundry again.
+    assert foundry.state.counters.total == calls

@@ -312,3 +312,63 @@ class TestCrashRecovery:
             thread_id = session(session_id).foundry_thread_id
             assert thread_messages(foundry, thread_id) == expected_thread(session_replies)
         assert foundry.state.counters.by_route["POST /api/projects/{project}/threads"] == 6
+
+
+class TestClaims:
+    def test_a_sender_that_lost_its_claim_writes_nothing(self, user, foundry):
+        turns(user, "stolen", 2)
+        from sessions_app.sync import claim_states
+
+        (state,) = claim_states(sink_name="foundry", worker="slow", limit=1)
+        # Its lease ran out and another sender took the row.
+        SinkState.objects.update(claimed_by="fast")
+        asyncio.run(Sender(name="slow").run_once_and_close())  # claims nothing: row is taken
+
+        async def slow_sender_carries_on():
+            sender = Sender(name="slow")
+            try:
+                await sender.deliver(sink_get("foundry"), state)
+            finally:
+                await sender.aclose()
+
+        asyncio.run(slow_sender_carries_on())
+        stolen = SinkState.objects.get()
+        assert stolen.claimed_by == "fast"
+        assert stolen.delivered_seq == 0
+        assert not stolen.receipts.exists()
+
+    def test_a_slow_batch_keeps_its_lease_alive(self, user, foundry, settings):
+        settings.SYNC_LEASE_S = 0.3
+        settings.SYNC_BATCH_SIZE = 10
+        replies = turns(user, "slowbatch", 5)
+        foundry.state.latency_ms = 100  # a 10-message batch takes ~1 s, over three leases
+        workers = [
+            threading.Thread(target=sync_pass, args=(Sender(name=name),)) for name in ("a", "b")
+        ]
+        for worker in workers:
+            worker.start()
+            time.sleep(0.5)
+        for worker in workers:
+            worker.join()
+        foundry.state.latency_ms = 0
+        drain()
+        thread_id = session("slowbatch").foundry_thread_id
+        assert thread_messages(foundry, thread_id) == expected_thread(replies)
+
+    def test_an_interrupted_batch_is_checked_before_the_rest_is_sent(self, user, foundry, caplog):
+        caplog.set_level(logging.INFO)
+        replies = turns(user, "partial", 1)
+        drain()
+        replies += turns(user, "partial", 2, start=1)
+        # Seed 2 draws 0.96, 0.95, 0.06: the third message of the batch fails.
+        foundry.state.configure_faults(error_rate=0.5, seed=2)
+        sync_pass()
+        state = SinkState.objects.get()
+        assert state.delivered_seq == 4
+        assert state.inflight_seq == 6
+        foundry.state.configure_faults(error_rate=0)
+        make_due()
+        drain()
+        thread_id = session("partial").foundry_thread_id
+        assert "Reconciled Foundry thread" in caplog.text
+        assert thread_messages(foundry, thread_id) == expected_thread(replies)
