@@ -5,8 +5,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 ADDR ?= 127.0.0.1:8000
+# The second test pass runs against these (override to point elsewhere).
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/chat
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+export TEST_DATABASE_URL TEST_REDIS_URL
 
-.PHONY: run test lint
+.PHONY: run test test-embedded test-services lint
 
 $(INSTALLED): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +21,22 @@ run: $(INSTALLED)
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py runserver $(ADDR)
 
-test: $(INSTALLED)
-	$(PY) -m pytest $(PYTEST_ARGS)
+# Two passes: the embedded defaults (SQLite, in-memory layer), then PostgreSQL + Redis.
+# Without PostgreSQL or Redis the second pass is skipped with the reason; in CI it fails.
+test: test-embedded test-services
+
+test-embedded: $(INSTALLED)
+	env -u DATABASE_URL -u REDIS_URL $(PY) -m pytest -m "not services" $(PYTEST_ARGS)
+
+test-services: $(INSTALLED)
+	@if $(PY) -m tests.services check; then \
+		echo "Second pass: PostgreSQL ($(TEST_DATABASE_URL)) and Redis ($(TEST_REDIS_URL))"; \
+		DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest $(PYTEST_ARGS); \
+	elif [ "$$CI" = "true" ]; then \
+		echo "CI: PostgreSQL and Redis are required for the second pass"; exit 1; \
+	else \
+		echo "Skipped the PostgreSQL + Redis pass: start them (see the README) to run it"; \
+	fi
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .

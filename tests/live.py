@@ -91,7 +91,8 @@ class ServerProcess:
 
 
 def server_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
-    """The environment of a server on the embedded defaults with its own SQLite file, migrated."""
+    """The environment of a server with its own database, migrated: a SQLite file on the
+    embedded defaults, unless `overrides` name a DATABASE_URL (and REDIS_URL)."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -100,3 +101,14 @@ def server_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
     env.update({"SQLITE_PATH": str(tmp_path / "db.sqlite3"), "DEBUG": "true", **overrides})
     manage(env, "migrate", "--noinput")
     return env
+
+
+def current_database_url() -> str:
+    """The URL of the database this test process uses (the test database), for child
+    processes that must share it."""
+    from django.db import connection
+
+    s = connection.settings_dict
+    if s["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{s['NAME']}"
+    return f"postgres://{s['USER']}:{s['PASSWORD'] or ''}@{s['HOST']}:{s['PORT']}/{s['NAME']}"

@@ -7,13 +7,12 @@ import sys
 import time
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from sessions_app import services
 from sessions_app.models import ChatSession, SinkState
 from tests.foundry_integration.conftest import PROJECT, drain, thread_messages
-from tests.live import ROOT
+from tests.live import ROOT, current_database_url
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.live_server_process]
 
@@ -22,7 +21,7 @@ def worker_env(emulator, **extra) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
     env.update(
         {
-            "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+            "DATABASE_URL": current_database_url(),
             "USE_FOUNDRY_THREADS": "true",
             "AZURE_FOUNDRY_AGENT_ENDPOINT": emulator.base_url,
             "AZURE_FOUNDRY_AGENT_PROJECT": PROJECT,
