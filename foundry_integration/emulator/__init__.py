@@ -1,7 +1,9 @@
-"""Local emulator of the Azure AI Foundry classic Agent Service threads API.
+"""Local emulator of the Azure AI Foundry threads API and of the new Foundry conversations API.
 
-The real `azure.ai.agents` clients (sync and aio) work against it unmodified, with fault knobs
-for tests, benchmarks and operators trying the product without an Azure account.
+The real `azure.ai.agents` clients (classic threads) and the openai clients that
+`azure.ai.projects.AIProjectClient.get_openai_client()` returns (conversations, under
+`{project endpoint}/openai/v1`) work against it unmodified, sync and aio, with one set of fault
+knobs for tests, benchmarks and operators trying the product without an Azure account.
 """
 
 from .cli import add_arguments, state_from_options

@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="PATH",
-        help="persist threads to this JSON file (default: in memory)",
+        help="persist threads and conversations to this JSON file (default: in memory)",
     )
 
 

@@ -1,13 +1,16 @@
 """HTTP side of the emulator: the aiohttp app, the blocking CLI runner and a background test server.
 
-API routes live under `/api/projects/{project}` and behave like the classic Agent Service
-threads API (see `wire.py`); each one passes the fault knobs, then auth, then the `api-version`
+API routes live under `/api/projects/{project}`: `/threads...` behaves like the classic Agent
+Service threads API, `/openai/v1/conversations...` like the new Foundry conversations API that
+`AIProjectClient.get_openai_client()` talks to (see `wire.py`). Each API request passes the fault
+knobs, then auth, then (threads only: the OpenAI v1 surface has no api-version) the `api-version`
 check. Control routes live under `/_emulator` and are never faulted, counted or authenticated.
 """
 
 import asyncio
 import json
 import logging
+import re
 import threading
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -22,6 +25,8 @@ from .wire import (
     ApiError,
     JsonObject,
     error_body,
+    item_list_object,
+    parse_item_inputs,
     parse_message_input,
     parse_metadata,
     parse_page_request,
@@ -34,6 +39,10 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8700
 API_PREFIX = "/api/"
 PROJECT_ROOT = "/api/projects/{project}"
+OPENAI_ROOT = f"{PROJECT_ROOT}/openai/v1"
+CONVERSATION = f"{OPENAI_ROOT}/conversations/{{conversation_id}}"
+
+_OPENAI_PATH = re.compile(r"^/api/projects/[^/]+/openai/")
 
 # nginx's "connection closed without response"; a dropped request only shows it in the access log.
 _STATUS_DROPPED = 444
@@ -44,7 +53,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def create_app(*, state: EmulatorState | None = None) -> web.Application:
-    """An aiohttp app serving the threads API and the `/_emulator` control routes over `state`.
+    """An aiohttp app serving both API surfaces and the `/_emulator` control routes over `state`.
 
     Without `state`, a fresh in-memory state with no faults is used; read it back through
     `app[STATE_KEY]`.
@@ -57,14 +66,27 @@ def create_app(*, state: EmulatorState | None = None) -> web.Application:
     app.router.add_delete(f"{PROJECT_ROOT}/threads/{{thread_id}}", _delete_thread)
     app.router.add_post(f"{PROJECT_ROOT}/threads/{{thread_id}}/messages", _create_message)
     app.router.add_get(f"{PROJECT_ROOT}/threads/{{thread_id}}/messages", _list_messages)
-    # Everything else under /api (runs, agents, files, ...) gets the service's error body, not
-    # aiohttp's plain-text 404/405, so SDK callers see a clear HttpResponseError.
+    app.router.add_post(f"{OPENAI_ROOT}/conversations", _create_conversation)
+    app.router.add_get(CONVERSATION, _get_conversation)
+    app.router.add_post(CONVERSATION, _update_conversation)
+    app.router.add_delete(CONVERSATION, _delete_conversation)
+    app.router.add_post(f"{CONVERSATION}/items", _create_items)
+    app.router.add_get(f"{CONVERSATION}/items", _list_items)
+    app.router.add_get(f"{CONVERSATION}/items/{{item_id}}", _get_item)
+    app.router.add_delete(f"{CONVERSATION}/items/{{item_id}}", _delete_item)
+    # Everything else under /api (runs, agents, responses, files, ...) gets the service's error
+    # body, not aiohttp's plain-text 404/405, so SDK callers see a clear error: HttpResponseError
+    # (azure-ai-agents) or InternalServerError (openai), both with status 501.
     app.router.add_route("*", "/api/{tail:.*}", _not_implemented)
     app.router.add_get("/_emulator/state", _control_state)
     app.router.add_post("/_emulator/faults", _control_faults)
     app.router.add_post("/_emulator/reset", _control_reset)
     app.router.add_delete("/_emulator/threads/{thread_id}", _control_delete_thread)
     app.router.add_get("/_emulator/threads/{thread_id}/messages", _control_messages)
+    app.router.add_delete(
+        "/_emulator/conversations/{conversation_id}", _control_delete_conversation
+    )
+    app.router.add_get("/_emulator/conversations/{conversation_id}/items", _control_items)
     return app
 
 
@@ -106,7 +128,7 @@ async def _answer_api_request(
         return _error_response(
             401, "Access denied: send 'Authorization: Bearer <token>' or an 'api-key' header."
         )
-    if "api-version" not in request.query:
+    if "api-version" not in request.query and not _OPENAI_PATH.match(request.path):
         return _error_response(400, "Missing required query parameter: 'api-version'.")
     return await _call_handler(request, handler)
 
@@ -220,11 +242,91 @@ async def _list_messages(request: web.Request) -> web.Response:
     return web.json_response(store.list_messages(project, thread_id, page))
 
 
+def _project_and_conversation(request: web.Request) -> tuple[str, str]:
+    return request.match_info["project"], request.match_info["conversation_id"]
+
+
+async def _create_conversation(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    conversation = request.app[STATE_KEY].store.create_conversation(
+        request.match_info["project"],
+        metadata=parse_metadata(body.get("metadata")),
+        items=parse_item_inputs(body.get("items"), required=False),
+    )
+    return web.json_response(conversation)
+
+
+async def _get_conversation(request: web.Request) -> web.Response:
+    project, conversation_id = _project_and_conversation(request)
+    return web.json_response(
+        request.app[STATE_KEY].store.get_conversation(project, conversation_id)
+    )
+
+
+async def _update_conversation(request: web.Request) -> web.Response:
+    project, conversation_id = _project_and_conversation(request)
+    store = request.app[STATE_KEY].store
+    store.get_conversation(project, conversation_id)
+    body = await _json_body(request)
+    # `metadata` is the one updatable field and is required; null clears it.
+    if "metadata" not in body:
+        raise ApiError(400, "Missing required parameter: 'metadata'.")
+    conversation = store.update_conversation(
+        project, conversation_id, metadata=parse_metadata(body["metadata"])
+    )
+    return web.json_response(conversation)
+
+
+async def _delete_conversation(request: web.Request) -> web.Response:
+    project, conversation_id = _project_and_conversation(request)
+    request.app[STATE_KEY].store.delete_conversation(project, conversation_id)
+    return web.json_response(
+        {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
+    )
+
+
+async def _create_items(request: web.Request) -> web.Response:
+    project, conversation_id = _project_and_conversation(request)
+    store = request.app[STATE_KEY].store
+    store.get_conversation(project, conversation_id)  # unknown conversation: 404 before a 400
+    body = await _json_body(request)
+    if "items" not in body:
+        raise ApiError(400, "Missing required parameter: 'items'.")
+    items = parse_item_inputs(body["items"], required=True)
+    return web.json_response(item_list_object(store.create_items(project, conversation_id, items)))
+
+
+async def _list_items(request: web.Request) -> web.Response:
+    project, conversation_id = _project_and_conversation(request)
+    store = request.app[STATE_KEY].store
+    store.get_conversation(project, conversation_id)
+    page = parse_page_request(request.query)
+    return web.json_response(store.list_items(project, conversation_id, page))
+
+
+async def _get_item(request: web.Request) -> web.Response:
+    project, conversation_id = _project_and_conversation(request)
+    item = request.app[STATE_KEY].store.get_item(
+        project, conversation_id, request.match_info["item_id"]
+    )
+    return web.json_response(item)
+
+
+async def _delete_item(request: web.Request) -> web.Response:
+    project, conversation_id = _project_and_conversation(request)
+    conversation = request.app[STATE_KEY].store.delete_item(
+        project, conversation_id, request.match_info["item_id"]
+    )
+    return web.json_response(conversation)
+
+
 async def _not_implemented(request: web.Request) -> web.Response:
-    raise ApiError(
+    # openai retries every 5xx unless told otherwise; a missing route will not appear on retry.
+    return _error_response(
         501,
         f"The Foundry emulator does not implement {request.method} {request.path}; "
-        "it serves the classic threads and messages API only.",
+        "it serves the classic threads and messages API and the conversations API only.",
+        headers={"x-should-retry": "false"},
     )
 
 
@@ -262,6 +364,21 @@ async def _control_messages(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "thread_id": thread_id, "data": messages})
 
 
+async def _control_delete_conversation(request: web.Request) -> web.Response:
+    conversation_id = request.match_info["conversation_id"]
+    if not request.app[STATE_KEY].store.remove_conversation_anywhere(conversation_id):
+        raise ApiError(404, f"Conversation with id '{conversation_id}' not found.")
+    return web.json_response({"id": conversation_id, "deleted": True})
+
+
+async def _control_items(request: web.Request) -> web.Response:
+    conversation_id = request.match_info["conversation_id"]
+    items = request.app[STATE_KEY].store.items_anywhere(conversation_id)
+    if items is None:
+        raise ApiError(404, f"Conversation with id '{conversation_id}' not found.")
+    return web.json_response({"object": "list", "conversation_id": conversation_id, "data": items})
+
+
 def check_bind_host(host: str, *, allow_remote: bool) -> None:
     """Raise ValueError for a non-loopback `host` unless `allow_remote`: the auth is not real."""
     if allow_remote or is_loopback(host):
@@ -284,7 +401,8 @@ def run_emulator(
     state = state if state is not None else EmulatorState()
     store = state.store_path if state.store_path is not None else "in memory"
     logger.info(
-        "Foundry emulator: endpoint http://%s:%d/api/projects/<project>, store %s",
+        "Foundry emulator: project endpoint http://%s:%d/api/projects/<project> "
+        "(conversations under <endpoint>/openai/v1), store %s",
         host,
         port,
         store,

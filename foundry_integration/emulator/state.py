@@ -1,7 +1,9 @@
 """Emulator state: the store, the fault knobs and the request counters.
 
-One `EmulatorState` backs one running app. Tests in the same process may read it and assign knobs
-directly; `configure_faults` is the validated path that the control endpoint uses too.
+One `EmulatorState` backs one running app and both API surfaces (threads and conversations): a
+knob such as `throttle_next` counts down across requests to either. Tests in the same process may
+read it and assign knobs directly; `configure_faults` is the validated path that the control
+endpoint uses too.
 """
 
 import enum
@@ -160,8 +162,12 @@ class EmulatorState(FaultKnobs):
             return None
 
     def snapshot(self) -> dict[str, Any]:
-        """Knobs, counters and store sizes as JSON-ready data (the `/_emulator/state` body)."""
+        """Knobs, counters and store sizes as JSON-ready data (the `/_emulator/state` body).
+
+        `store` keeps its original thread-only shape; conversation sizes are in `conversations`.
+        """
         threads, messages = self.store.counts()
+        conversations, items = self.store.conversation_counts()
         with self._lock:
             return {
                 "faults": self.knobs(),
@@ -176,4 +182,5 @@ class EmulatorState(FaultKnobs):
                     "threads": threads,
                     "messages": messages,
                 },
+                "conversations": {"conversations": conversations, "items": items},
             }

@@ -1,7 +1,10 @@
-"""Wire shapes of the classic Agent Service threads API: objects, errors, validation and paging.
+"""Wire shapes of both Foundry APIs the emulator serves: objects, errors, validation and paging.
 
-Everything here is pure (no I/O, no state) so the store and the HTTP handlers share one definition
-of what the service accepts and returns.
+The classic Agent Service threads API (`azure.ai.agents`) and the new Foundry conversations API
+(the OpenAI v1 surface that `azure.ai.projects` 2.x hands out through `get_openai_client()`)
+share the error envelope, the metadata limits and the list page. Everything here is pure (no I/O,
+no state) so the store and the HTTP handlers share one definition of what the service accepts and
+returns.
 """
 
 import secrets
@@ -19,6 +22,8 @@ METADATA_VALUE_MAX_CHARS = 512
 PAGE_LIMIT_DEFAULT = 20
 PAGE_LIMIT_MAX = 100
 MESSAGE_ROLES = ("user", "assistant")
+CONVERSATION_ROLES = ("user", "assistant", "system", "developer")
+ITEMS_PER_REQUEST_MAX = 20
 
 _ID_ALPHABET = string.ascii_letters + string.digits
 _ID_RANDOM_CHARS = 24
@@ -34,7 +39,7 @@ class ApiError(Exception):
 
 
 def error_body(message: str) -> JsonObject:
-    """The service's error envelope (the SDK deserializes it into `AgentV1Error`)."""
+    """The error envelope of both APIs (azure-ai-agents' `AgentV1Error`, openai's `APIError`)."""
     return {
         "error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}
     }
@@ -205,6 +210,153 @@ def _content_part(block: object, *, param: str) -> JsonObject:
     )
 
 
+def conversation_object(
+    *, conversation_id: str, created_at: int, metadata: Mapping[str, str]
+) -> JsonObject:
+    """A `conversation` object exactly as the service returns it."""
+    return {
+        "id": conversation_id,
+        "object": "conversation",
+        "created_at": created_at,
+        "metadata": dict(metadata),
+    }
+
+
+@dataclass(frozen=True)
+class ItemInput:
+    """A validated message item to add to a conversation; `content` is in the response form."""
+
+    role: str
+    content: list[JsonObject]
+
+
+def message_item_object(*, item_id: str, item: ItemInput) -> JsonObject:
+    """A conversation `message` item exactly as the service returns it (openai's `Message`)."""
+    return {
+        "id": item_id,
+        "type": "message",
+        "role": item.role,
+        "status": "completed",
+        "content": item.content,
+    }
+
+
+def item_list_object(items: Sequence[JsonObject]) -> JsonObject:
+    """The `list` answering an items create: the new items, in order, on one page."""
+    return {
+        "object": "list",
+        "data": list(items),
+        "first_id": items[0]["id"] if items else None,
+        "last_id": items[-1]["id"] if items else None,
+        "has_more": False,
+    }
+
+
+def parse_item_inputs(value: object, *, param: str = "items", required: bool) -> list[ItemInput]:
+    """Validate an `items` array: at most 20 message items, and at least one when `required`.
+
+    `None` counts as an empty array. Raises ApiError(400) naming the first offending field.
+    """
+    if value is None:
+        value = []
+    if not isinstance(value, list):
+        raise ApiError(400, f"Invalid '{param}': expected an array.")
+    if required and not value:
+        raise ApiError(
+            400,
+            f"Invalid '{param}': empty array. Expected an array with minimum length 1, "
+            "but got an empty array instead.",
+        )
+    if len(value) > ITEMS_PER_REQUEST_MAX:
+        raise ApiError(
+            400,
+            f"Invalid '{param}': array too long. Expected an array with maximum length "
+            f"{ITEMS_PER_REQUEST_MAX}, but got an array with length {len(value)} instead.",
+        )
+    return [_parse_item_input(raw, param=f"{param}[{index}]") for index, raw in enumerate(value)]
+
+
+def _parse_item_input(body: object, *, param: str) -> ItemInput:
+    # Only message items: the emulator runs no model and no tools, so it has no calls or outputs.
+    if not isinstance(body, dict):
+        raise ApiError(400, f"Invalid '{param}': expected an object.")
+    item_type = body.get("type", "message")
+    if item_type != "message":
+        raise ApiError(
+            400,
+            f"Invalid '{param}.type': the Foundry emulator stores 'message' items only, "
+            f"but got {item_type!r}.",
+        )
+    role = body.get("role")
+    if role is None:
+        raise ApiError(400, f"Missing required parameter: '{param}.role'.")
+    if role not in CONVERSATION_ROLES:
+        raise ApiError(
+            400,
+            f"Invalid '{param}.role': expected one of 'user', 'assistant', 'system', 'developer', "
+            f"but got {role!r}.",
+        )
+    return ItemInput(
+        role=role, content=_parse_item_content(body.get("content"), role=role, param=param)
+    )
+
+
+def _parse_item_content(content: object, *, role: str, param: str) -> list[JsonObject]:
+    param = f"{param}.content"
+    if content is None:
+        raise ApiError(400, f"Missing required parameter: '{param}'.")
+    text_type = "output_text" if role == "assistant" else "input_text"
+    if isinstance(content, str):
+        return [_item_text_part(text_type, content, param=param)]
+    if not isinstance(content, list) or not content:
+        raise ApiError(400, f"Invalid '{param}': expected a non-empty string or array of parts.")
+    return [
+        _item_content_part(part, role=role, param=f"{param}[{index}]")
+        for index, part in enumerate(content)
+    ]
+
+
+# Assistant turns were produced by the model, so their parts are outputs; every other role's
+# parts are inputs. OpenAI refuses input parts in an assistant message; the emulator holds both
+# directions to that split so a mislabelled part fails here rather than against the service.
+_ASSISTANT_PART_TYPES = ("output_text", "refusal")
+_INPUT_PART_TYPES = ("input_text", "input_image", "input_file")
+
+
+def _item_content_part(part: object, *, role: str, param: str) -> JsonObject:
+    if not isinstance(part, dict):
+        raise ApiError(400, f"Invalid '{param}': expected an object.")
+    allowed = _ASSISTANT_PART_TYPES if role == "assistant" else _INPUT_PART_TYPES
+    part_type = part.get("type")
+    if part_type not in allowed:
+        expected = ", ".join(repr(name) for name in allowed)
+        raise ApiError(
+            400,
+            f"Invalid '{param}.type': expected one of {expected} for a {role!r} message, "
+            f"but got {part_type!r}.",
+        )
+    if part_type in ("input_text", "output_text"):
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise ApiError(400, f"Invalid '{param}.text': expected a string.")
+        return _item_text_part(part_type, text, param=f"{param}.text")
+    if part_type == "refusal":
+        if not isinstance(part.get("refusal"), str):
+            raise ApiError(400, f"Invalid '{param}.refusal': expected a string.")
+        return {"type": "refusal", "refusal": part["refusal"]}
+    # Images and files are referenced, never fetched: they come back as they were sent.
+    return dict(part)
+
+
+def _item_text_part(part_type: str, text: str, *, param: str) -> JsonObject:
+    if not text:
+        # Same rule as thread messages: a blank turn is a caller bug worth surfacing.
+        raise ApiError(400, f"Invalid '{param}': string too short. Expected at least 1 character.")
+    if part_type == "output_text":
+        return {"type": "output_text", "text": text, "annotations": []}
+    return {"type": "input_text", "text": text}
+
+
 @dataclass(frozen=True)
 class PageRequest:
     """A validated `limit`/`order`/`after`/`before` list query."""
@@ -245,8 +397,8 @@ def list_page(items_oldest_first: Sequence[JsonObject], page: PageRequest) -> Js
 
     The window is the items strictly between the `after` and `before` cursors in the requested
     order; the page is its first `limit` items. An empty page has `first_id` and `last_id` null,
-    which is what stops the SDK: it ignores `has_more` and keeps paging while `last_id` is set.
-    An unknown cursor is a 400.
+    which is what stops the azure-ai-agents SDK: it ignores `has_more` and keeps paging while
+    `last_id` is set. The openai SDK stops on `has_more: false` instead. An unknown cursor is a 400.
     """
     ordered = list(items_oldest_first)
     if page.order == "desc":
