@@ -1,5 +1,6 @@
 """Builds the async Azure SDK client from FoundryConfig: credential, timeouts, retries."""
 
+import httpx
 from azure.ai.agents.aio import AgentsClient
 from azure.core.credentials import AzureKeyCredential
 from azure.core.pipeline import PipelineRequest
@@ -35,3 +36,27 @@ def agents_client(config: FoundryConfig) -> tuple[AgentsClient, object | None]:
 
     credential = DefaultAzureCredential()
     return AgentsClient(config.project_endpoint, credential, **kwargs), credential
+
+
+def conversations_clients(config: FoundryConfig):
+    """The aio AIProjectClient, its AsyncOpenAI client (on `{endpoint}/openai/v1`) and the
+    credential to close with them. The project client's SDK retries are off as elsewhere; the
+    key, when set, goes both as the bearer token and in the `api-key` header."""
+    from azure.ai.projects.aio import AIProjectClient
+
+    key = AzureKeyCredential(config.key) if config.key else None
+    if key is None:
+        from azure.identity.aio import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    else:
+        credential = None
+    project = AIProjectClient(endpoint=config.project_endpoint, credential=credential or key)
+    openai_options = {
+        "max_retries": config.sdk_retries,
+        "timeout": httpx.Timeout(config.read_timeout, connect=config.connect_timeout),
+    }
+    if key is not None:
+        openai_options["api_key"] = config.key
+        openai_options["default_headers"] = {"api-key": config.key}
+    return project, project.get_openai_client(**openai_options), credential

@@ -8,7 +8,7 @@ from django.conf import settings
 
 from foundry_integration.loopback import is_loopback
 
-THREAD_APIS = ("agents",)
+THREAD_APIS = ("agents", "conversations")
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,23 @@ from sessions_app.sinks import OutgoingMessage, RemoteMessage, SessionInfo, Sink
 logger = logging.getLogger(__name__)
 
 
-def thread_store(config: FoundryConfig) -> ThreadStore:
-    """The adapter for the configured FOUNDRY_THREAD_API."""
+def thread_store(config: FoundryConfig, api: str | None = None) -> ThreadStore:
+    """The adapter for `api` (default: the configured FOUNDRY_THREAD_API)."""
+    if (api or config.thread_api) == "conversations":
+        from foundry_integration.client import conversations_clients
+        from foundry_integration.conversations_store import ConversationsThreadStore
+
+        return ConversationsThreadStore(*conversations_clients(config))
     from foundry_integration.agents_store import AgentsThreadStore
     from foundry_integration.client import agents_client
 
     return AgentsThreadStore(*agents_client(config))
+
+
+def thread_api_of(thread_id: str) -> str:
+    """Which Foundry API holds a thread, by its id: conversations are `conv_...`, classic threads
+    `thread_...`. Threads stay on their API until migrated (`foundry_migrate_threads`)."""
+    return "conversations" if thread_id.startswith("conv_") else "agents"
 
 
 class FoundrySink(Sink):
@@ -30,10 +41,10 @@ class FoundrySink(Sink):
     def __init__(self) -> None:
         self.config = FoundryConfig.from_settings()
         self._warned = False
-        # SDK clients belong to the event loop they were made on.
-        self._stores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ThreadStore] = (
-            weakref.WeakKeyDictionary()
-        )
+        # SDK clients belong to the event loop they were made on; one per API.
+        self._stores: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[str, ThreadStore]
+        ] = weakref.WeakKeyDictionary()
 
     def status(self) -> SinkStatus:
         if not foundry_threads_enabled():
@@ -48,12 +59,16 @@ class FoundrySink(Sink):
             return SinkStatus(False, problem)
         return SinkStatus(True, "")
 
-    def _store(self) -> ThreadStore:
-        loop = asyncio.get_running_loop()
-        store = self._stores.get(loop)
-        if store is None:
-            store = self._stores[loop] = thread_store(self.config)
-        return store
+    def remote_kind(self, remote_id: str) -> str:
+        return thread_api_of(remote_id)
+
+    def _store(self, api: str | None = None) -> ThreadStore:
+        """The adapter for `api` (default: the configured one) on the running event loop."""
+        api = api or self.config.thread_api
+        stores = self._stores.setdefault(asyncio.get_running_loop(), {})
+        if api not in stores:
+            stores[api] = thread_store(self.config, api)
+        return stores[api]
 
     async def create_remote(self, *, session: SessionInfo) -> str:
         thread_id = await self._store().create_thread(metadata=thread_metadata(session))
@@ -61,18 +76,18 @@ class FoundrySink(Sink):
         return thread_id
 
     async def append(self, *, remote_id: str, messages: Sequence[OutgoingMessage]) -> list[str]:
-        return await self._store().append_messages(thread_id=remote_id, messages=messages)
+        store = self._store(thread_api_of(remote_id))
+        return await store.append_messages(thread_id=remote_id, messages=messages)
 
     async def load(self, *, remote_id: str) -> list[RemoteMessage]:
-        messages = await self._store().load_messages(thread_id=remote_id)
+        messages = await self._store(thread_api_of(remote_id)).load_messages(thread_id=remote_id)
         logger.info("Loaded context from Foundry thread %s: %d messages", remote_id, len(messages))
         return messages
 
     async def delete_remote(self, *, remote_id: str) -> None:
-        await self._store().delete_thread(thread_id=remote_id)
+        await self._store(thread_api_of(remote_id)).delete_thread(thread_id=remote_id)
         logger.info("Deleted Foundry thread %s", remote_id)
 
     async def aclose(self) -> None:
-        store = self._stores.pop(asyncio.get_running_loop(), None)
-        if store is not None:
+        for store in self._stores.pop(asyncio.get_running_loop(), {}).values():
             await store.aclose()

@@ -9,7 +9,7 @@ from django.utils.html import format_html, format_html_join
 
 from sessions_app import services
 from sessions_app.models import ChatMessage, ChatSession, RemoteDeletion, SinkState
-from sessions_app.sinks import all_sinks
+from sessions_app.sinks import all_sinks, sink_get
 from sessions_app.sync import notify_sender
 
 # A session page shows this many of the latest messages; the messages list has them all.
@@ -26,6 +26,15 @@ def sync_summary(state: SinkState) -> str:
     if state.pending_count:
         return f"pending {state.pending_count}"
     return "synced"
+
+
+def sink_label(state: SinkState) -> str:
+    """The sink's name, with the API the remote thread lives on where the sink has several."""
+    try:
+        kind = sink_get(state.sink).remote_kind(state.remote_id) if state.remote_id else ""
+    except LookupError:
+        kind = ""
+    return f"{state.sink} ({kind})" if kind else state.sink
 
 
 class HasThreadFilter(admin.SimpleListFilter):
@@ -102,13 +111,13 @@ class ChatSessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         states = list(obj.sink_states.all())
         if not states:
             return "local only"
-        return "; ".join(f"{state.sink}: {sync_summary(state)}" for state in states)
+        return "; ".join(f"{sink_label(state)}: {sync_summary(state)}" for state in states)
 
     @admin.display(description="Sync with remote stores")
     def sync_details(self, obj: ChatSession):
         rows = [
             (
-                state.sink,
+                sink_label(state),
                 state.remote_id or "(none yet)",
                 sync_summary(state),
                 f"{state.delivered_seq} of {state.wanted_seq}",

@@ -100,6 +100,11 @@ class Sink:
     def active(self) -> bool:
         return self.status().active
 
+    def remote_kind(self, remote_id: str) -> str:
+        """For operators: which API or flavour of the sink holds this remote thread ('' if the
+        sink has only one)."""
+        return ""
+
     async def create_remote(self, *, session: SessionInfo) -> str:
         """Create the session's remote thread; return its id."""
         raise NotImplementedError

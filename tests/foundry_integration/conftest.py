@@ -21,9 +21,20 @@ def flag_settings(value: bool) -> dict:
     return {"USE_FOUNDRY_THREADS": [{"condition": "boolean", "value": value}]}
 
 
+@pytest.fixture(params=["agents", "conversations"])
+def foundry(request, settings, emulator):
+    """The app pointed at the emulator with the flag on, once per Foundry API; fast retries."""
+    yield from configure_foundry(settings, emulator, request.param)
+
+
 @pytest.fixture
-def foundry(settings, emulator):
-    """The app pointed at the emulator with the flag on; fast retries for tests."""
+def foundry_agents(settings, emulator):
+    """`foundry` on the classic threads API only."""
+    yield from configure_foundry(settings, emulator, "agents")
+
+
+def configure_foundry(settings, emulator, api: str):
+    settings.FOUNDRY_THREAD_API = api
     settings.AZURE_FOUNDRY_AGENT_ENDPOINT = emulator.base_url
     settings.AZURE_FOUNDRY_AGENT_PROJECT = PROJECT
     settings.AZURE_FOUNDRY_AGENT_KEY = "emulator-key"
@@ -58,5 +69,37 @@ def drain(timeout: float = 15) -> None:
 
 
 def thread_messages(emulator, thread_id: str) -> list[tuple[str, str]]:
+    """(role, text) of every message on a thread or conversation, oldest first."""
+    if thread_id.startswith("conv_"):
+        items = emulator.state.store.items_anywhere(thread_id) or []
+        return [(i["role"], "".join(p["text"] for p in i["content"])) for i in items]
     messages = emulator.state.store.messages_anywhere(thread_id) or []
     return [(m["role"], m["content"][0]["text"]["value"]) for m in messages]
+
+
+def thread_exists(emulator, thread_id: str) -> bool:
+    store = emulator.state.store
+    found = (
+        store.items_anywhere(thread_id)
+        if thread_id.startswith("conv_")
+        else (store.messages_anywhere(thread_id))
+    )
+    return found is not None
+
+
+def threads_created(emulator) -> int:
+    """Threads plus conversations ever created (deleted ones included)."""
+    by_route = emulator.state.counters.by_route
+    return sum(
+        count
+        for route, count in by_route.items()
+        if route in ("POST /api/projects/{project}/threads",)
+        or route.endswith("/openai/v1/conversations")
+    )
+
+
+def lose_thread(emulator, thread_id: str) -> bool:
+    store = emulator.state.store
+    if thread_id.startswith("conv_"):
+        return store.remove_conversation_anywhere(thread_id)
+    return store.remove_thread_anywhere(thread_id)

@@ -4,7 +4,13 @@ from django.urls import reverse
 from foundry_integration.flag import FLAG_NAME, forget_cached_flag, foundry_threads_enabled
 from sessions_app import services
 from sessions_app.models import ChatSession, RemoteDeletion, SinkState
-from tests.foundry_integration.conftest import drain, flag_settings, sync_pass, thread_messages
+from tests.foundry_integration.conftest import (
+    drain,
+    flag_settings,
+    sync_pass,
+    thread_exists,
+    thread_messages,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -106,7 +112,7 @@ def test_session_list_shows_sync_state(operator, user, foundry):
     assert "foundry: pending 2" in text
     drain()
     text = operator.get(reverse("admin:sessions_app_chatsession_changelist")).content.decode()
-    assert "foundry: synced" in text
+    assert ": synced" in text and "foundry (" in text
     session = ChatSession.objects.get(session_id="listed")
     page = operator.get(reverse("admin:sessions_app_chatsession_change", args=[session.pk]))
     assert session.foundry_thread_id in page.content.decode()
@@ -148,5 +154,5 @@ def test_delete_remote_thread(operator, user, foundry):
     page = operator.get(reverse("admin:sessions_app_remotedeletion_changelist"))
     assert thread_id in page.content.decode()
     drain()
-    assert foundry.state.store.messages_anywhere(thread_id) is None
+    assert not thread_exists(foundry, thread_id)
     assert ChatSession.objects.get().messages.count() == 2

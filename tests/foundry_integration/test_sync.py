@@ -18,8 +18,11 @@ from tests.foundry_integration.conftest import (
     PROJECT,
     drain,
     flag_settings,
+    lose_thread,
     sync_pass,
+    thread_exists,
     thread_messages,
+    threads_created,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -73,7 +76,11 @@ class TestLifecycle:
         assert foundry.state.counters.total == 0
         drain()
         row = session("s1")
-        thread = foundry.state.store.get_thread(PROJECT, row.foundry_thread_id)
+        store = foundry.state.store
+        if row.foundry_thread_id.startswith("conv_"):
+            thread = store.get_conversation(PROJECT, row.foundry_thread_id)
+        else:
+            thread = store.get_thread(PROJECT, row.foundry_thread_id)
         metadata = thread["metadata"]
         assert metadata == {
             "user_id": str(user.pk),
@@ -108,7 +115,7 @@ class TestLifecycle:
         turns(user, "batched", 10)
         sync_pass()
         # One pass delivers the whole backlog in batches (one create + 20 messages).
-        assert foundry.state.counters.by_route["POST /api/projects/{project}/threads"] == 1
+        assert threads_created(foundry) == 1
         assert len(thread_messages(foundry, session("batched").foundry_thread_id)) == 20
 
     def test_conversation_continues_on_the_same_thread_after_a_restart(self, user, foundry):
@@ -133,7 +140,7 @@ class TestLifecycle:
         replies = turns(user, "lost", 2)
         drain()
         old_thread = session("lost").foundry_thread_id
-        assert foundry.state.store.remove_thread_anywhere(old_thread)
+        assert lose_thread(foundry, old_thread)
         replies += turns(user, "lost", 1, start=2)
         drain()
         new_thread = session("lost").foundry_thread_id
@@ -148,7 +155,7 @@ class TestLifecycle:
         services.session_delete(session=session("doomed"))
         assert RemoteDeletion.objects.get().remote_id == thread_id
         drain()
-        assert foundry.state.store.messages_anywhere(thread_id) is None
+        assert not thread_exists(foundry, thread_id)
         assert not RemoteDeletion.objects.exists()
 
     def test_session_delete_is_retried_until_done(self, user, foundry):
@@ -165,7 +172,7 @@ class TestLifecycle:
         assert "500" in deletion.last_error
         make_due()
         drain()
-        assert foundry.state.store.messages_anywhere(thread_id) is None
+        assert not thread_exists(foundry, thread_id)
 
 
 class TestFaults:
@@ -311,7 +318,7 @@ class TestCrashRecovery:
         for session_id, session_replies in replies.items():
             thread_id = session(session_id).foundry_thread_id
             assert thread_messages(foundry, thread_id) == expected_thread(session_replies)
-        assert foundry.state.counters.by_route["POST /api/projects/{project}/threads"] == 6
+        assert threads_created(foundry) == 6
 
 
 class TestClaims:
@@ -355,17 +362,21 @@ class TestClaims:
         thread_id = session("slowbatch").foundry_thread_id
         assert thread_messages(foundry, thread_id) == expected_thread(replies)
 
-    def test_an_interrupted_batch_is_checked_before_the_rest_is_sent(self, user, foundry, caplog):
+    def test_an_interrupted_batch_is_checked_before_the_rest_is_sent(
+        self, user, foundry, caplog, settings
+    ):
         caplog.set_level(logging.INFO)
+        settings.SYNC_BATCH_SIZE = 40
         replies = turns(user, "partial", 1)
         drain()
-        replies += turns(user, "partial", 2, start=1)
-        # Seed 2 draws 0.96, 0.95, 0.06: the third message of the batch fails.
-        foundry.state.configure_faults(error_rate=0.5, seed=2)
+        replies += turns(user, "partial", 12, start=1)
+        # Seed 0 draws 0.84, then 0.76: the batch's first call succeeds, its second fails
+        # (one message per call on the threads API, 20 items per call on conversations).
+        foundry.state.configure_faults(error_rate=0.8, seed=0)
         sync_pass()
         state = SinkState.objects.get()
-        assert state.delivered_seq == 4
-        assert state.inflight_seq == 6
+        assert 2 < state.delivered_seq < 26
+        assert state.inflight_seq == 26
         foundry.state.configure_faults(error_rate=0)
         make_due()
         drain()

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.asyncio
 METADATA = {"user_id": "1", "session_id": "s", "created_at": "2026-01-01T00:00:00+00:00"}
 
 
-@pytest_asyncio.fixture(params=["agents"])
+@pytest_asyncio.fixture(params=["agents", "conversations"])
 async def store(request, emulator):
     config = FoundryConfig(
         endpoint=emulator.base_url,

@@ -1,5 +1,6 @@
-"""`manage.py foundry_emulator [--port 8700]`: a local Azure AI Foundry Agents API for trying the
-Foundry flag without an Azure account, and for tests and benchmarks (fault knobs included)."""
+"""`manage.py foundry_emulator [--port 8700]`: a local Azure AI Foundry (the Agents threads API
+and the conversations API) for trying the Foundry flag without an Azure account, and for tests
+and benchmarks (fault knobs included)."""
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -7,7 +8,7 @@ from foundry_integration.emulator import add_arguments, run_emulator, state_from
 
 
 class Command(BaseCommand):
-    help = "Serve a local emulator of the Azure AI Foundry Agents threads API."
+    help = "Serve a local emulator of Azure AI Foundry: Agents threads and conversations."
 
     def add_arguments(self, parser):
         add_arguments(parser)

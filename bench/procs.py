@@ -1,0 +1,217 @@
+"""Child processes of the benchmark: started pinned to a CPU, tracked, and always stopped.
+
+Every child is started through `Processes.spawn` from the main thread. It is pinned with
+`taskset -c CPU`, runs in its own process group, and is killed by the kernel if the harness dies
+(PR_SET_PDEATHSIG; SIGKILL, because a paused child would hold a SIGTERM pending), so no server
+outlives a crashed or killed harness. `Processes.stop_all` (called from a `finally`, also on
+Ctrl-C) terminates what is left, then kills what does not stop.
+
+Servers that are not under test are paused (`Child.pause`, SIGSTOP) so that their background
+threads (the in-process sender polls its database every second) add no load to the case that
+is measured; `resume` (SIGCONT) before their own turn.
+"""
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+LOADGEN_CPU = 0
+SERVER_CPU = 1
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _child_setup() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def peak_rss_kib(pid: int) -> int | None:
+    """VmHWM (peak resident set size) of a live process, in KiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time a live process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class Child:
+    def __init__(self, name: str, popen: subprocess.Popen, log_path: Path, role: str):
+        self.name = name
+        self.popen = popen
+        self.log_path = log_path
+        self.role = role  # server, emulator, worker, ...
+        self.peak_rss_kib: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def sample_memory(self) -> None:
+        value = peak_rss_kib(self.pid) if self.alive() else None
+        if value is not None:
+            self.peak_rss_kib = max(self.peak_rss_kib or 0, value)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def pause(self) -> None:
+        if self.alive():
+            os.killpg(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.alive():
+            os.killpg(self.pid, signal.SIGCONT)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.sample_memory()
+        if not self.alive():
+            return
+        try:
+            os.killpg(self.pid, signal.SIGTERM)
+            os.killpg(self.pid, signal.SIGCONT)  # a paused child must wake up to exit
+        except ProcessLookupError:
+            return
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.popen.wait(timeout=5)
+
+
+class Processes:
+    """The registry of every child process the harness started."""
+
+    def __init__(self, log_dir: Path):
+        self.log_dir = log_dir
+        self.children: list[Child] = []
+        self.stopped: list[Child] = []
+
+    def spawn(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str],
+        *,
+        role: str,
+        cpu: int = SERVER_CPU,
+        stdout_path: Path | None = None,
+    ) -> Child:
+        """Start `args` pinned to `cpu`; output goes to `<name>.log` (stdout to `stdout_path`
+        instead, if given)."""
+        log_path = self.log_dir / f"{name}.log"
+        log = log_path.open("ab")
+        out = stdout_path.open("wb") if stdout_path is not None else log
+        try:
+            popen = subprocess.Popen(
+                ["taskset", "-c", str(cpu), *args],
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=log,
+                start_new_session=True,  # own process group: Ctrl-C goes to the harness only
+                preexec_fn=_child_setup,
+            )
+        finally:
+            log.close()
+            out.close()
+        child = Child(name, popen, log_path, role)
+        self.children.append(child)
+        return child
+
+    def stop(self, child: Child) -> None:
+        child.stop()
+        if child in self.children:
+            self.children.remove(child)
+            self.stopped.append(child)
+
+    def stop_all(self) -> None:
+        # Ctrl-C again while stopping must not leave children behind: ignore it meanwhile.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for child in list(reversed(self.children)):
+                try:
+                    self.stop(child)
+                except Exception as exc:  # keep stopping the others
+                    print(f"could not stop {child.name} (pid {child.pid}): {exc}", file=sys.stderr)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def sample_memory(self) -> None:
+        for child in self.children:
+            child.sample_memory()
+
+    def memory_report(self) -> list[dict]:
+        return [
+            {"process": c.name, "role": c.role, "peak_rss_mib": round(c.peak_rss_kib / 1024, 1)}
+            for c in self.stopped + self.children
+            if c.peak_rss_kib
+        ]
+
+
+def run_checked(
+    args: list[str], env: dict[str, str], *, timeout: float = 180, cpu: int | None = None
+) -> str:
+    """Run a short child to completion (pinned to `cpu` if given); its stdout, or RuntimeError."""
+    prefix = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    try:
+        result = subprocess.run(
+            [*prefix, *args],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            preexec_fn=_child_setup,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"{' '.join(args[:4])} timed out after {timeout} s") from exc
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:4])} failed ({result.returncode}):\n{result.stderr}")
+    return result.stdout
+
+
+def wait_until(predicate, *, timeout: float, interval: float = 0.05, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise RuntimeError(f"timed out after {timeout} s waiting for {what}")

@@ -1,0 +1,118 @@
+"""Thread store over the new Foundry conversations API (azure-ai-projects 2.x: the project's
+OpenAI-compatible client, `.conversations` and `.conversations.items`).
+
+Items carry no per-item metadata, so the sender's receipts (remote item ids in the ORM) are what
+keeps delivery exactly-once here.
+"""
+
+import asyncio
+from collections.abc import Sequence
+
+import openai
+
+from sessions_app.sinks import (
+    AppendInterrupted,
+    OutgoingMessage,
+    RemoteMessage,
+    RemoteNotFound,
+    RemoteThrottled,
+    SinkError,
+)
+
+# The service takes at most 20 items per items.create call.
+ITEMS_PER_CALL = 20
+PAGE_SIZE = 100
+API_ROLES = {"user", "assistant", "system"}
+
+
+def sink_error(exc: Exception) -> SinkError:
+    if isinstance(exc, openai.NotFoundError):
+        return RemoteNotFound(_describe(exc))
+    if isinstance(exc, openai.RateLimitError):
+        return RemoteThrottled(_describe(exc), _retry_after(exc))
+    return SinkError(_describe(exc))
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    try:
+        return float(exc.response.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, openai.APIStatusError):
+        return f"HTTP {exc.status_code}: {exc.message}".splitlines()[0][:500]
+    if isinstance(exc, openai.APITimeoutError | asyncio.TimeoutError):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+
+
+def _text(item) -> str:
+    return "".join(getattr(part, "text", "") or "" for part in getattr(item, "content", None) or [])
+
+
+class ConversationsThreadStore:
+    api = "conversations"
+
+    def __init__(self, project_client, client: openai.AsyncOpenAI, credential=None):
+        self.project_client = project_client
+        self.client = client
+        self.credential = credential
+
+    async def create_thread(self, *, metadata: dict[str, str]) -> str:
+        try:
+            conversation = await self.client.conversations.create(metadata=metadata)
+        except (TimeoutError, openai.OpenAIError, OSError) as exc:
+            raise sink_error(exc) from exc
+        return conversation.id
+
+    async def load_messages(self, *, thread_id: str) -> list[RemoteMessage]:
+        messages = []
+        try:
+            async for item in self.client.conversations.items.list(
+                thread_id, order="asc", limit=PAGE_SIZE
+            ):
+                if getattr(item, "type", "") == "message":
+                    messages.append(RemoteMessage(item.id, item.role, _text(item)))
+        except (TimeoutError, openai.OpenAIError, OSError) as exc:
+            raise sink_error(exc) from exc
+        return messages
+
+    async def append_messages(
+        self, *, thread_id: str, messages: Sequence[OutgoingMessage]
+    ) -> list[str]:
+        ids: list[str] = []
+        for start in range(0, len(messages), ITEMS_PER_CALL):
+            chunk = messages[start : start + ITEMS_PER_CALL]
+            items = [
+                {
+                    "type": "message",
+                    "role": m.role if m.role in API_ROLES else "assistant",
+                    "content": m.content,
+                }
+                for m in chunk
+            ]
+            try:
+                created = await self.client.conversations.items.create(thread_id, items=items)
+            except (TimeoutError, openai.OpenAIError, OSError) as exc:
+                error = sink_error(exc)
+                if ids:
+                    raise AppendInterrupted(ids, error) from exc
+                raise error from exc
+            ids += [item.id for item in created.data]
+        return ids
+
+    async def delete_thread(self, *, thread_id: str) -> None:
+        try:
+            await self.client.conversations.delete(thread_id)
+        except openai.NotFoundError:
+            return
+        except (TimeoutError, openai.OpenAIError, OSError) as exc:
+            raise sink_error(exc) from exc
+
+    async def aclose(self) -> None:
+        await self.client.close()
+        await self.project_client.close()
+        if self.credential is not None:
+            await self.credential.close()
