@@ -81,6 +81,7 @@ INSTALLED_APPS = [
     "flags",
     "sessions_app",
     "foundry_integration",
+    "zep_integration",
 ]
 
 MIDDLEWARE = [
@@ -231,7 +232,7 @@ CHAT_PAGE_SIZE = env_int("CHAT_PAGE_SIZE", 50)
 CHAT_MAX_PAGE_SIZE = 200
 
 # Persistence sinks every turn is mirrored to, in the background (see sessions_app.sinks).
-CHAT_SINKS = ["foundry_integration.sink.FoundrySink"]
+CHAT_SINKS = ["foundry_integration.sink.FoundrySink", "zep_integration.sink.ZepSink"]
 
 # The background sender (sessions_app.sync). With SYNC_IN_PROCESS each server process runs one;
 # set it to false where `manage.py foundry_sync` workers run instead.
@@ -262,6 +263,17 @@ FOUNDRY_CONNECT_TIMEOUT_S = env_float("FOUNDRY_CONNECT_TIMEOUT_S", 5.0)
 FOUNDRY_READ_TIMEOUT_S = env_float("FOUNDRY_READ_TIMEOUT_S", 15.0)
 FOUNDRY_SDK_RETRIES = env_int("FOUNDRY_SDK_RETRIES", 0)
 
+# Zep memory: on when both URL and key are set, whatever the Foundry flag says.
+# Cloud: the API root (https://api.getzep.com/api/v4; /api/v4 is added if missing).
+# Community: the server root (http://host:8000; the SDK adds /api/v2).
+ZEP_API_URL = os.environ.get("ZEP_API_URL", "")
+ZEP_API_KEY = os.environ.get("ZEP_API_KEY", "")
+ZEP_SDK = os.environ.get("ZEP_SDK", "cloud")
+ZEP_TIMEOUT_S = env_float("ZEP_TIMEOUT_S", 10.0)
+# Zep's limits: longer messages are split into parts, in order; calls carry at most 30 parts.
+ZEP_MAX_MESSAGE_CHARS = env_int("ZEP_MAX_MESSAGE_CHARS", 2500)
+ZEP_MAX_MESSAGES_PER_CALL = 30
+
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
 LOGGING = {
     "version": 1,
@@ -274,6 +286,7 @@ LOGGING = {
     "loggers": {
         "sessions_app": {"level": LOG_LEVEL},
         "foundry_integration": {"level": LOG_LEVEL},
+        "zep_integration": {"level": LOG_LEVEL},
         "django.request": {"level": "ERROR"},
     },
 }

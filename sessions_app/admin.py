@@ -9,7 +9,7 @@ from django.utils.html import format_html, format_html_join
 
 from sessions_app import services
 from sessions_app.models import ChatMessage, ChatSession, RemoteDeletion, SinkState
-from sessions_app.sinks import all_sinks, sink_get
+from sessions_app.sinks import active_sinks, all_sinks, sink_get
 from sessions_app.sync import notify_sender
 
 # A session page shows this many of the latest messages; the messages list has them all.
@@ -146,7 +146,7 @@ class ChatSessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     )
     def recreate_remote_threads(self, request, queryset):
         for session in queryset:
-            for sink in all_sinks():
+            for sink in active_sinks():
                 services.session_sync_restart(session=session, sink=sink)
         self.message_user(request, f"{queryset.count()} session(s) will be resent.")
 

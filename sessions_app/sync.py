@@ -317,32 +317,32 @@ class Sender:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
     async def run_once(self) -> int:
-        """One pass over every sink; returns how many sessions and deletions it handled."""
-        handled = 0
-        for sink in all_sinks():
-            if not await db(sink.active)():
-                continue
-            limit = await db(breaker_allows)(sink.name)
-            if limit == 0:
-                continue
-            states = await db(claim_states)(sink_name=sink.name, worker=self.name, limit=limit)
-            deletions = await db(claim_deletions)(
-                sink_name=sink.name, worker=self.name, limit=limit
+        """One pass over every sink, the sinks side by side; returns how many sessions and
+        deletions it handled."""
+        return sum(await asyncio.gather(*(self.run_sink_once(sink) for sink in all_sinks())))
+
+    async def run_sink_once(self, sink: Sink) -> int:
+        """One pass over one sink: claim its due work and deliver it."""
+        if not await db(sink.active)():
+            return 0
+        limit = await db(breaker_allows)(sink.name)
+        if limit == 0:
+            return 0
+        states = await db(claim_states)(sink_name=sink.name, worker=self.name, limit=limit)
+        deletions = await db(claim_deletions)(sink_name=sink.name, worker=self.name, limit=limit)
+        if not states and not deletions:
+            return 0
+        semaphore = asyncio.Semaphore(settings.SYNC_CONCURRENCY)
+        # While this sender works, its leases are renewed; if it dies, they run out.
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            await asyncio.gather(
+                *(_bounded(semaphore, self.deliver(sink, state)) for state in states),
+                *(_bounded(semaphore, self.delete(sink, d)) for d in deletions),
             )
-            if not states and not deletions:
-                continue
-            semaphore = asyncio.Semaphore(settings.SYNC_CONCURRENCY)
-            # While this sender works, its leases are renewed; if it dies, they run out.
-            heartbeat = asyncio.create_task(self._heartbeat())
-            try:
-                await asyncio.gather(
-                    *(_bounded(semaphore, self.deliver(sink, state)) for state in states),
-                    *(_bounded(semaphore, self.delete(sink, d)) for d in deletions),
-                )
-            finally:
-                heartbeat.cancel()
-            handled += len(states) + len(deletions)
-        return handled
+        finally:
+            heartbeat.cancel()
+        return len(states) + len(deletions)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -350,20 +350,34 @@ class Sender:
             await db(renew_leases)(self.name)
 
     async def run(self, stop: threading.Event, wake: threading.Event | None = None) -> None:
-        """Pass after pass until `stop` is set; idle passes wait SYNC_POLL_INTERVAL_S or `wake`."""
+        """Until `stop` is set: one loop per sink, so a slow or failing sink never holds up
+        another; a loop that found nothing waits for `wake` or SYNC_POLL_INTERVAL_S."""
         logger.info("Sync sender %s started", self.name)
         loop = asyncio.get_running_loop()
-        while not stop.is_set():
-            try:
-                handled = await self.run_once()
-            except Exception:
-                logger.exception("Sync pass failed; retrying")
-                handled = 0
-            if handled == 0:
+        sinks = all_sinks()
+        due = {sink.name: asyncio.Event() for sink in sinks}
+
+        async def tick() -> None:
+            while not stop.is_set():
                 waiter = wake or stop
                 await loop.run_in_executor(None, waiter.wait, settings.SYNC_POLL_INTERVAL_S)
                 if wake is not None:
                     wake.clear()
+                for event in due.values():
+                    event.set()
+
+        async def sink_loop(sink: Sink) -> None:
+            while not stop.is_set():
+                try:
+                    handled = await self.run_sink_once(sink)
+                except Exception:
+                    logger.exception("Sync pass for %s failed; retrying", sink.label)
+                    handled = 0
+                if handled == 0:
+                    due[sink.name].clear()
+                    await due[sink.name].wait()
+
+        await asyncio.gather(tick(), *(sink_loop(sink) for sink in sinks))
         await self.aclose()
         logger.info("Sync sender %s stopped", self.name)
 

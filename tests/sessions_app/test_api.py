@@ -242,7 +242,10 @@ class TestPublicEndpoints:
         assert response.json() == {
             "status": "ok",
             "database": "ok",
-            "sinks": {"foundry": {"active": False, "reason": "USE_FOUNDRY_THREADS is off"}},
+            "sinks": {
+                "foundry": {"active": False, "reason": "USE_FOUNDRY_THREADS is off"},
+                "zep": {"active": False, "reason": "ZEP_API_URL or ZEP_API_KEY is not set"},
+            },
         }
 
     def test_schema_is_served(self, client):

@@ -1,0 +1,63 @@
+"""Foundry slow does not delay Zep, and Zep slow does not delay Foundry: one sender, one loop
+per sink."""
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from sessions_app import services
+from sessions_app.models import SinkState
+from sessions_app.sync import Sender
+from tests.foundry_integration.conftest import configure_foundry, thread_messages
+from tests.zep_integration.conftest import zep_messages
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def emulator():
+    from foundry_integration.emulator import EmulatorServer
+
+    with EmulatorServer() as server:
+        yield server
+
+
+@pytest.fixture
+def both(settings, emulator, zep):
+    yield from configure_foundry(settings, emulator, "agents")
+
+
+@pytest.mark.parametrize("zep", ["cloud"], indirect=True)
+@pytest.mark.parametrize("slow", ["foundry", "zep"])
+def test_a_slow_sink_does_not_hold_up_the_other(user, both, emulator, zep, settings, slow):
+    settings.FOUNDRY_READ_TIMEOUT_S = 30
+    settings.ZEP_TIMEOUT_S = 30
+    slow_emulator, fast = (emulator, "zep") if slow == "foundry" else (zep, "foundry")
+    slow_emulator.state.latency_ms = 5000
+    stop = threading.Event()
+    sender = threading.Thread(target=lambda: asyncio.run(Sender(name="both").run(stop)))
+    sender.start()
+    try:
+        for n in range(3):
+            services.chat_turn(user=user, message=f"m{n}", session_id="two-sinks")
+        deadline = time.monotonic() + 20
+        while True:
+            state = SinkState.objects.filter(sink=fast, delivered_seq=6).first()
+            if state:
+                break
+            assert time.monotonic() < deadline, "the fast sink was held up"
+            time.sleep(0.05)
+        # The slow sink has not finished even its first call yet.
+        slow_state = SinkState.objects.get(sink=slow)
+        assert slow_state.delivered_seq == 0
+        assert slow_state.remote_id is None
+        remote = state.remote_id
+        stored = zep_messages(zep, remote) if fast == "zep" else thread_messages(emulator, remote)
+        assert len(stored) == 6
+    finally:
+        slow_emulator.state.latency_ms = 0
+        stop.set()
+        sender.join(timeout=30)
+    assert not sender.is_alive()
