@@ -22,7 +22,7 @@ run: $(INSTALLED)
 	$(PY) manage.py runserver $(ADDR)
 
 # Two passes: the embedded defaults (SQLite, in-memory layer), then PostgreSQL + Redis (all but
-# the emulators' own tests, which use no database).
+# the emulators' own tests and the benchmark smoke test, which use no shared database).
 # Without PostgreSQL or Redis the second pass is skipped with the reason; in CI it fails.
 test: test-embedded test-services
 
@@ -33,7 +33,7 @@ test-services: $(INSTALLED)
 	@if $(PY) -m tests.services check; then \
 		echo "Second pass: PostgreSQL ($(TEST_DATABASE_URL)) and Redis ($(TEST_REDIS_URL))"; \
 		DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest \
-			--ignore-glob="tests/*/test_emulator*.py" $(PYTEST_ARGS); \
+			--ignore-glob="tests/*/test_emulator*.py" --ignore=tests/test_bench.py $(PYTEST_ARGS); \
 	elif [ "$$CI" = "true" ]; then \
 		echo "CI: PostgreSQL and Redis are required for the second pass"; exit 1; \
 	else \

@@ -92,13 +92,16 @@ async def rest_chat(
                 return
             sent += 1
             body = json.dumps(
-                {"message": f"benchmark message {sent} from client {index}", "session_id": session_id}
+                {
+                    "message": f"benchmark message {sent} from client {index}",
+                    "session_id": session_id,
+                }
             ).encode()
             try:
                 async with http.post(url, data=body, headers=headers) as response:
                     await response.read()
                     status = response.status
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 status = type(exc).__name__
             ended = time.perf_counter()
             if not window.holds(began, ended):
@@ -173,7 +176,9 @@ async def websocket_chat(
                 url = f"{ws_base}/api/v1/chat/ws/{session_prefix}{index}?token={token}"
                 return await http.ws_connect(url, heartbeat=None, max_msg_size=0)
 
-        opened = await asyncio.gather(*(open_socket(i) for i in range(sockets)), return_exceptions=True)
+        opened = await asyncio.gather(
+            *(open_socket(i) for i in range(sockets)), return_exceptions=True
+        )
         socks = [s for s in opened if not isinstance(s, BaseException)]
         for s in opened:
             if isinstance(s, BaseException):
@@ -207,7 +212,7 @@ async def websocket_chat(
                         else:
                             outcome = f"frame {frame.get('code', kind)}"
                             break
-                except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+                except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
                     errors[type(exc).__name__] += 1
                     return  # this socket is done
                 ended = time.perf_counter()

@@ -28,7 +28,11 @@ SERVER_CPU = 1
 _PR_SET_PDEATHSIG = 1
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _child_setup() -> None:  # runs in the child between fork and exec
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:
@@ -68,6 +72,7 @@ class Child:
         self.log_path = log_path
         self.role = role  # server, emulator, worker, ...
         self.peak_rss_kib: int | None = None
+        self.log_bytes_at_stop: int | None = None  # what it logged before it was told to stop
 
     @property
     def pid(self) -> int:
@@ -87,6 +92,21 @@ class Child:
         except OSError:
             return ""
 
+    def quiesce(
+        self, *, idle_cpu_s: float = 0.003, step: float = 0.05, limit: float = 2.0
+    ) -> float:
+        """Wait (at most `limit` s) until the process uses under `idle_cpu_s` of CPU per `step`:
+        it has finished what the last case left it (closing connections, sending a backlog)."""
+        began = time.monotonic()
+        last = cpu_seconds(self.pid)
+        while last is not None and time.monotonic() - began < limit:
+            time.sleep(step)
+            now = cpu_seconds(self.pid)
+            if now is None or now - last < idle_cpu_s:
+                break
+            last = now
+        return time.monotonic() - began
+
     def pause(self) -> None:
         if self.alive():
             os.killpg(self.pid, signal.SIGSTOP)
@@ -95,14 +115,26 @@ class Child:
         if self.alive():
             os.killpg(self.pid, signal.SIGCONT)
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def terminate(self) -> None:
+        """Ask the child to exit (SIGTERM, once), noting how far its log had got."""
         self.sample_memory()
-        if not self.alive():
+        if not self.alive() or self.log_bytes_at_stop is not None:
             return
+        self.log_bytes_at_stop = 0
+        try:
+            self.log_bytes_at_stop = self.log_path.stat().st_size
+        except OSError:
+            pass
         try:
             os.killpg(self.pid, signal.SIGTERM)
             os.killpg(self.pid, signal.SIGCONT)  # a paused child must wake up to exit
         except ProcessLookupError:
+            pass
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL if it has not exited after `timeout` s."""
+        self.terminate()
+        if self.popen.poll() is not None:
             return
         try:
             self.popen.wait(timeout=timeout)
@@ -135,8 +167,14 @@ class Processes:
         """Start `args` pinned to `cpu`; output goes to `<name>.log` (stdout to `stdout_path`
         instead, if given)."""
         log_path = self.log_dir / f"{name}.log"
+        runs = 1
+        while log_path.exists():  # a restarted process gets its own log
+            runs += 1
+            log_path = self.log_dir / f"{name}.{runs}.log"
         log = log_path.open("ab")
         out = stdout_path.open("wb") if stdout_path is not None else log
+        # Ctrl-C waits until the child is in the registry, so that it is sure to be stopped.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
             popen = subprocess.Popen(
                 ["taskset", "-c", str(cpu), *args],
@@ -148,24 +186,38 @@ class Processes:
                 start_new_session=True,  # own process group: Ctrl-C goes to the harness only
                 preexec_fn=_child_setup,
             )
+            child = Child(name if runs == 1 else f"{name}.{runs}", popen, log_path, role)
+            self.children.append(child)
         finally:
             log.close()
             out.close()
-        child = Child(name, popen, log_path, role)
-        self.children.append(child)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         return child
 
-    def stop(self, child: Child) -> None:
-        child.stop()
+    def stop(self, child: Child, timeout: float = 10.0) -> None:
+        child.stop(timeout)
         if child in self.children:
             self.children.remove(child)
             self.stopped.append(child)
+
+    def stop_many(self, children: list[Child], timeout: float = 10.0) -> None:
+        """Stop several children at once: all get SIGTERM, then each is waited for."""
+        for child in children:
+            child.terminate()
+        for child in children:
+            self.stop(child, timeout)
 
     def stop_all(self) -> None:
         # Ctrl-C again while stopping must not leave children behind: ignore it meanwhile.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            for child in list(reversed(self.children)):
+            children = list(reversed(self.children))
+            for child in children:
+                try:
+                    child.terminate()
+                except Exception:
+                    pass
+            for child in children:
                 try:
                     self.stop(child)
                 except Exception as exc:  # keep stopping the others
@@ -176,6 +228,40 @@ class Processes:
     def sample_memory(self) -> None:
         for child in self.children:
             child.sample_memory()
+
+    def log_problems(self) -> list[dict]:
+        """ERROR lines and tracebacks in the children's logs (the product's own complaints)."""
+        out = []
+        for c in self.stopped + self.children:
+            try:
+                text = c.log_path.read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            cut = len(text) if c.log_bytes_at_stop is None else c.log_bytes_at_stop
+            entry = {"process": c.name, "role": c.role}
+            for part, lines in (
+                ("serving", text[:cut].splitlines()),
+                ("shutdown", text[cut:].splitlines()),
+            ):
+                errors = [line for line in lines if " ERROR " in line or " CRITICAL " in line]
+                kinds: dict[str, int] = {}
+                for line in errors:
+                    kind = line.split(" ERROR ", 1)[-1][:120]
+                    kinds[kind] = kinds.get(kind, 0) + 1
+                entry[part] = {
+                    "error_lines": len(errors),
+                    "tracebacks": sum(1 for line in lines if line.startswith("Traceback")),
+                    "warning_lines": sum(1 for line in lines if " WARNING " in line),
+                    "errors_by_message": kinds,
+                }
+            if any(
+                v
+                for part in ("serving", "shutdown")
+                for k, v in entry[part].items()
+                if k != "errors_by_message"
+            ):
+                out.append(entry)
+        return out
 
     def memory_report(self) -> list[dict]:
         return [
@@ -206,12 +292,3 @@ def run_checked(
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(args[:4])} failed ({result.returncode}):\n{result.stderr}")
     return result.stdout
-
-
-def wait_until(predicate, *, timeout: float, interval: float = 0.05, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout} s waiting for {what}")

@@ -43,8 +43,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import loadgen, stack  # noqa: E402
-from bench.procs import (  # noqa: E402
+from bench import loadgen, stack
+from bench.procs import (
     LOADGEN_CPU,
     ROOT,
     SERVER_CPU,
@@ -54,32 +54,33 @@ from bench.procs import (  # noqa: E402
     free_port,
     run_checked,
 )
-from bench.stack import PYTHON, Emulator, Server, ServerSpec  # noqa: E402
+from bench.stack import PYTHON, Emulator, Server, ServerSpec
 
 FOUNDRY_LATENCY_MS = 150
 TARGET_FLAG_RATIO = 0.10  # flag on: p50, p99 and req/s within 10% of flag off
 TARGET_BASELINE_FRACTION = 0.50  # flag-off chat req/s >= 50% of the constant view's
 TARGET_COLD_MS = 200
+STALL_S = 3.0  # a drain ends when the emulator's message count has not grown for this long
 
 
 @dataclass
 class Config:
     rounds: int = 3
-    seconds: float = 3.0
-    warmup: float = 0.4
-    settle: float = 0.2  # pause between cases
+    seconds: float = 2.5
+    warmup: float = 0.3
+    settle: float = 0.1  # pause between cases
     clients: tuple[int, ...] = (1, 8, 32)
     aa_clients: int = 8
     sockets: int = 100
-    cold_reps: int = 5
-    cold_foundry_reps: int = 3
-    cold_foundry_latencies: tuple[int, ...] = (FOUNDRY_LATENCY_MS, 0)
+    cold_reps: int = 4
+    # (emulator latency in ms, repetitions)
+    cold_foundry: tuple[tuple[int, int], ...] = ((FOUNDRY_LATENCY_MS, 3), (0, 2))
     history_turns: int = 200
     backlog_turns: int = 10_000
     backlog_sessions: int = 100
     sync_workers: tuple[int, ...] = (1, 4)
-    sync_seconds: float = 12.0
-    drain_timeout: float = 60.0
+    sync_seconds: float = 6.0
+    drain_timeout: float = 30.0
     rtt_samples: int = 20
     query_turns: int = 8
 
@@ -93,12 +94,11 @@ class Config:
             clients=(8,),
             sockets=10,
             cold_reps=1,
-            cold_foundry_reps=1,
-            cold_foundry_latencies=(FOUNDRY_LATENCY_MS,),
+            cold_foundry=((FOUNDRY_LATENCY_MS, 1),),
             backlog_turns=300,
             backlog_sessions=10,
             sync_seconds=4.0,
-            drain_timeout=20.0,
+            drain_timeout=15.0,
             rtt_samples=5,
             query_turns=4,
         )
@@ -134,6 +134,12 @@ class Case:
     def spec(self, dbs: stack.Databases, emulator_url: str, down_url: str) -> ServerSpec:
         if self.config == "baseline":
             return ServerSpec(self.key, app="bench.baseline.asgi:application")
+        if self.config == "baseline-mw":
+            return ServerSpec(
+                self.key,
+                app="bench.baseline.asgi:application",
+                env={"BENCH_BASELINE_MIDDLEWARE": "product"},
+            )
         env = {}
         if self.config == "on":
             env = stack.foundry_env(emulator_url)
@@ -147,11 +153,24 @@ def build_cases(cfg: Config) -> list[Case]:
     for clients in cfg.clients:
         cases += [
             Case(f"off-{clients}", "flag off", "rest", "off", clients),
-            Case(f"on-{clients}", f"flag on, Foundry {FOUNDRY_LATENCY_MS} ms", "rest", "on", clients),
+            Case(
+                f"on-{clients}", f"flag on, Foundry {FOUNDRY_LATENCY_MS} ms", "rest", "on", clients
+            ),
             Case(f"down-{clients}", "flag on, Foundry down", "rest", "down", clients),
             Case(f"base-{clients}", "baseline constant view", "rest", "baseline", clients),
         ]
-    cases.append(Case(f"twin-{cfg.aa_clients}", "flag off (A/A twin)", "rest", "off-twin", cfg.aa_clients))
+    cases.append(
+        Case(f"twin-{cfg.aa_clients}", "flag off (A/A twin)", "rest", "off-twin", cfg.aa_clients)
+    )
+    cases.append(
+        Case(
+            f"basemw-{cfg.aa_clients}",
+            "constant view + product mw",
+            "rest",
+            "baseline-mw",
+            cfg.aa_clients,
+        )
+    )
     cases.append(Case("ws", "WebSocket, flag off", "ws", "off", cfg.sockets))
     return cases
 
@@ -194,6 +213,7 @@ def drain(case: Case, cfg: Config) -> dict:
     pending_at_end = stack.backlog_pending(db)
     began = time.monotonic()
     emulator.set_latency(0)
+    stalled = False
     try:
         last, stable_since = emulator.messages(), time.monotonic()
         while time.monotonic() - began < cfg.drain_timeout:
@@ -204,6 +224,9 @@ def drain(case: Case, cfg: Config) -> dict:
             pending = stack.backlog_pending(db)
             if pending == 0 and time.monotonic() - stable_since >= 0.2:
                 break
+            if time.monotonic() - stable_since >= STALL_S:  # stopped growing: backing off
+                stalled = True
+                break
     finally:
         emulator.set_latency(FOUNDRY_LATENCY_MS)
     pending = stack.backlog_pending(db)
@@ -211,6 +234,7 @@ def drain(case: Case, cfg: Config) -> dict:
         "pending_at_end": pending_at_end,
         "drain_s": round(time.monotonic() - began, 2),
         "left_after_drain": pending,
+        "stalled": stalled,
     }
 
 
@@ -222,6 +246,7 @@ def run_rounds(cases: list[Case], cfg: Config, token: str, procs: Processes) -> 
         order = round_order(cases, r, cfg.rounds)
         log(f"round {r + 1}/{cfg.rounds}: " + " ".join(c.key for c in order))
         for case in order:
+            case_began = time.monotonic()
             child = case.server.child
             child.resume()
             time.sleep(cfg.settle)
@@ -237,8 +262,10 @@ def run_rounds(cases: list[Case], cfg: Config, token: str, procs: Processes) -> 
                 result["drain"] = drain(case, cfg)
             elif case.config == "down":
                 result["pending_at_end"] = stack.backlog_pending(case.server.spec.db)
+            result["quiesce_s"] = round(child.quiesce(), 2)
             child.sample_memory()
             child.pause()
+            result["wall_s"] = round(time.monotonic() - case_began, 2)
             case.rounds.append(result)
     for child in servers:
         child.resume()
@@ -290,8 +317,7 @@ def compare(summary: dict, cfg: Config) -> dict:
                 "p99_ratio": ratio(s["p99_ms"], off["p99_ms"]),
             }
             row["within_target"] = all(
-                v is not None
-                for v in (row["rps_ratio"], row["p50_ratio"], row["p99_ratio"])
+                v is not None for v in (row["rps_ratio"], row["p50_ratio"], row["p99_ratio"])
             ) and (
                 row["rps_ratio"] >= 1 - TARGET_FLAG_RATIO
                 and row["p50_ratio"] <= 1 + TARGET_FLAG_RATIO
@@ -309,13 +335,20 @@ def compare(summary: dict, cfg: Config) -> dict:
                 "within_target": fraction is not None and fraction >= TARGET_BASELINE_FRACTION,
             }
         )
-    a, b = summary[f"off-{cfg.aa_clients}"], summary[f"twin-{cfg.aa_clients}"]
-    aa = {
-        k: ratio(b[k], a[k]) for k in ("rps", "p50_ms", "p95_ms", "p99_ms")
+    off, mw = summary[f"off-{cfg.aa_clients}"], summary[f"basemw-{cfg.aa_clients}"]
+    out["middleware"] = {
+        "clients": cfg.aa_clients,
+        "baseline_mw_rps": mw["rps"],
+        "baseline_mw_vs_bare": ratio(mw["rps"], summary[f"base-{cfg.aa_clients}"]["rps"]),
+        "chat_vs_baseline_mw": ratio(off["rps"], mw["rps"]),
     }
-    aa["noise_floor"] = round(
-        max(abs(1 - v) for v in aa.values() if v is not None), 3
-    ) if any(v is not None for v in aa.values()) else None
+    a, b = summary[f"off-{cfg.aa_clients}"], summary[f"twin-{cfg.aa_clients}"]
+    aa = {k: ratio(b[k], a[k]) for k in ("rps", "p50_ms", "p95_ms", "p99_ms")}
+    aa["noise_floor"] = (
+        round(max(abs(1 - v) for v in aa.values() if v is not None), 3)
+        if any(v is not None for v in aa.values())
+        else None
+    )
     out["aa"] = aa
     return out
 
@@ -323,12 +356,15 @@ def compare(summary: dict, cfg: Config) -> dict:
 # ---- cold start ------------------------------------------------------------------------------
 
 
-def first_turns(server: Server, token: str, session_id: str) -> dict:
-    """The first chat turn on `session_id` after the server started, then a second (warm) one."""
+def first_turns(server: Server, token: str, session_id: str, after_cold=None) -> dict:
+    """The first chat turn on `session_id` after the server started, then a second (warm) one;
+    `after_cold()` runs between the two."""
     url = server.url + "/api/v1/chat"
     cold_s, status, body = asyncio.run(
         loadgen.single_post(url, token, {"message": "cold start turn", "session_id": session_id})
     )
+    if after_cold is not None:
+        after_cold()
     warm_s, warm_status, _ = asyncio.run(
         loadgen.single_post(url, token, {"message": "warm turn", "session_id": session_id})
     )
@@ -377,17 +413,24 @@ def history_messages(turns: int) -> list[dict]:
 
 
 def cold_start_foundry(
-    procs: Processes, cfg: Config, dbs: stack.Databases, emulator: Emulator, latency_ms: int
+    procs: Processes,
+    cfg: Config,
+    dbs: stack.Databases,
+    emulator: Emulator,
+    latency_ms: int,
+    reps: int,
 ) -> dict:
     """A session pointed (`manage.py foundry_import_thread`) at a thread of 2 x history_turns
     messages on a fresh database; the first turn loads that history from the emulator."""
     emulator.set_latency(0)
-    threads = [emulator.create_thread(history_messages(cfg.history_turns)) for _ in range(cfg.cold_foundry_reps)]
+    threads = [emulator.create_thread(history_messages(cfg.history_turns)) for _ in range(reps)]
     emulator.set_latency(latency_ms)
     env = stack.foundry_env(emulator.url)
     probe = threads[0]
     rtt = asyncio.run(loadgen.round_trips(emulator.thread_url(probe), cfg.rtt_samples))
-    page = asyncio.run(loadgen.round_trips(emulator.messages_page_url(probe), max(3, cfg.rtt_samples // 4)))
+    page = asyncio.run(
+        loadgen.round_trips(emulator.messages_page_url(probe), max(3, cfg.rtt_samples // 4))
+    )
     reps = []
     for rep, thread_id in enumerate(threads):
         db = dbs.fresh(f"cold-foundry-{latency_ms}-{rep}")
@@ -399,10 +442,25 @@ def cold_start_foundry(
         )
         spec = ServerSpec(f"cold-foundry-{latency_ms}", env=env, db=db)
         server = stack.start_servers(procs, [spec])[0]
+        before = emulator.state()["requests"]["by_route"]
+        calls: dict[str, int] = {}
+
+        def count_reads(before: dict = before, calls: dict = calls) -> None:
+            # Reads only: the sender may already be appending the turn's two new messages.
+            after = emulator.state()["requests"]["by_route"]
+            calls.update(
+                {
+                    route: n - before.get(route, 0)
+                    for route, n in after.items()
+                    if route.startswith("GET") and n != before.get(route, 0)
+                }
+            )
+
         try:
-            result = first_turns(server, dbs.token, "cold-f")
+            result = first_turns(server, dbs.token, "cold-f", after_cold=count_reads)
         finally:
             procs.stop(server.child)
+        result["emulator_reads"] = calls
         result["history_loaded"] = result["reply_head"].startswith(f"Turn {cfg.history_turns + 1}:")
         reps.append(result)
     emulator.set_latency(FOUNDRY_LATENCY_MS)
@@ -414,6 +472,7 @@ def cold_start_foundry(
         emulator_page100_rtt_ms_median=round(median(page) * 1000, 2),
     )
     out["target_ms"] = round(TARGET_COLD_MS + out["emulator_rtt_ms_median"], 1)
+    out["emulator_reads_per_cold_turn"] = median([sum(r["emulator_reads"].values()) for r in reps])
     return out
 
 
@@ -421,7 +480,12 @@ def cold_start_foundry(
 
 
 def sync_throughput(
-    procs: Processes, cfg: Config, dbs: stack.Databases, backlog_db: Path, backlog: dict, emulator: Emulator
+    procs: Processes,
+    cfg: Config,
+    dbs: stack.Databases,
+    backlog_db: Path,
+    backlog: dict,
+    emulator: Emulator,
 ) -> list[dict]:
     expected = backlog["pending_messages"]
     results = []
@@ -431,7 +495,8 @@ def sync_throughput(
         emulator.set_latency(0)
         started = time.monotonic()
         children = [
-            stack.spawn_worker(procs, f"worker-{workers}w-{i}", db, emulator.url) for i in range(workers)
+            stack.spawn_worker(procs, f"worker-{workers}w-{i}", db, emulator.url)
+            for i in range(workers)
         ]
         first_at = first_count = None
         count = 0
@@ -453,8 +518,7 @@ def sync_throughput(
                 if count >= expected:
                     break
         finally:
-            for c in children:
-                procs.stop(c)
+            procs.stop_many(children, timeout=3)  # past the window: a kill loses nothing
         end = samples[-1][0] + started if samples else time.monotonic()
         window = end - first_at if first_at else None
         state = emulator.state()
@@ -497,133 +561,291 @@ def verdict(ok: bool | None) -> str:
     return "ok" if ok else "MISS"
 
 
+def table(headers: list[str], rows: list[list], indent: str = "  ") -> list[str]:
+    """Columns sized to fit; the first column left-aligned, the others right-aligned."""
+    cells = [[str(c) for c in row] for row in [headers, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+
+    def line(row: list[str]) -> str:
+        first = row[0].ljust(widths[0])
+        rest = "  ".join(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))
+        return (indent + first + "  " + rest).rstrip()
+
+    out = [line(cells[0]), indent + "-" * (sum(widths) + 2 * (len(widths) - 1))]
+    return out + [line(row) for row in cells[1:]]
+
+
+def _rest_rows(report: dict) -> list[list]:
+    cfg, summary = report["config"], report["cases"]
+    keys = []
+    for clients in cfg["clients"]:
+        keys += [f"off-{clients}", f"on-{clients}", f"down-{clients}", f"base-{clients}"]
+        if clients == cfg["aa_clients"]:
+            keys += [f"twin-{clients}", f"basemw-{clients}"]
+    rows = []
+    for key in keys:
+        s = summary[key]
+        rows.append(
+            [
+                s["label"],
+                s["clients"],
+                fmt(s["rps"]),
+                fmt(s["p50_ms"]),
+                fmt(s["p95_ms"]),
+                fmt(s["p99_ms"]),
+                s["errors"],
+                fmt(s["server_cpu_util"], 2),
+            ]
+        )
+    return rows
+
+
 def render(report: dict) -> str:
-    cfg = report["config"]
-    summary = report["cases"]
-    cmp_ = report["comparisons"]
-    lines = []
-    add = lines.append
+    cfg, summary, cmp_ = report["config"], report["cases"], report["comparisons"]
+    lines: list[str] = []
+    add, extend = lines.append, lines.extend
+    machine = report["machine"]
     add("")
     add(
-        f"Chat backend benchmark  {report['started_at']}  ({cfg['rounds']} rounds x {cfg['seconds']} s, "
-        f"medians over rounds; server on CPU {SERVER_CPU}, load generator on CPU {LOADGEN_CPU})"
+        f"Chat backend benchmark {report['started_at']}: "
+        f"{cfg['rounds']} rounds x {cfg['seconds']} s, medians over rounds"
     )
-    add(f"machine: {report['machine']['cpus']} CPUs, load average at start {report['machine']['loadavg_start']}")
+    add(
+        f"server processes on CPU {SERVER_CPU}, load generator on CPU {LOADGEN_CPU}; "
+        f"{machine['cpus']} CPUs, load average {machine['loadavg_start']} at start"
+    )
     add("")
     add("REST  POST /api/v1/chat  (closed-loop keep-alive clients, one session each)")
-    head = f"{'case':<28}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}{'cpu':>6}"
-    add(head)
-    add("-" * len(head))
-    for clients in cfg["clients"]:
-        for key in (f"off-{clients}", f"on-{clients}", f"down-{clients}", f"base-{clients}"):
-            s = summary[key]
-            add(
-                f"{s['label']:<28}{clients:>8}{fmt(s['rps']):>9}{fmt(s['p50_ms']):>9}"
-                f"{fmt(s['p95_ms']):>9}{fmt(s['p99_ms']):>9}{s['errors']:>8}{fmt(s['server_cpu_util'], 2):>6}"
-            )
-        if clients == cfg["aa_clients"]:
-            s = summary[f"twin-{clients}"]
-            add(
-                f"{s['label']:<28}{clients:>8}{fmt(s['rps']):>9}{fmt(s['p50_ms']):>9}"
-                f"{fmt(s['p95_ms']):>9}{fmt(s['p99_ms']):>9}{s['errors']:>8}{fmt(s['server_cpu_util'], 2):>6}"
-            )
-    add("(cpu: the server process's CPU use during the case, 1.00 = one core)")
-    add("")
+    extend(
+        table(
+            ["case", "clients", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors", "cpu"],
+            _rest_rows(report),
+        )
+    )
+    add("  cpu: the server process's CPU use during the case (1.00 = one core)")
     aa = cmp_["aa"]
+    add("")
     add(
-        f"A/A noise floor (flag off twice, {cfg['aa_clients']} clients, twin/first): req/s {fmt(aa['rps'], 3)}, "
-        f"p50 {fmt(aa['p50_ms'], 3)}, p95 {fmt(aa['p95_ms'], 3)}, p99 {fmt(aa['p99_ms'], 3)}  "
-        f"-> differences below {fmt((aa['noise_floor'] or 0) * 100, 0)}% are noise"
+        f"A/A noise floor (flag off twice, {cfg['aa_clients']} clients, twin / first): "
+        f"req/s {fmt(aa['rps'], 3)}, p50 {fmt(aa['p50_ms'], 3)}, p95 {fmt(aa['p95_ms'], 3)}, "
+        f"p99 {fmt(aa['p99_ms'], 3)}: differences under {fmt((aa['noise_floor'] or 0) * 100, 0)}% "
+        "are noise"
     )
     add("")
-    add(f"Flag on vs flag off (ratios of medians; target: req/s >= {1 - TARGET_FLAG_RATIO:.2f}, p50 and p99 <= {1 + TARGET_FLAG_RATIO:.2f})")
-    head = f"{'case':<34}{'clients':>8}{'req/s':>8}{'p50':>8}{'p99':>8}  target"
-    add(head)
-    add("-" * len(head))
+    add(
+        f"Flag on / flag off (target: req/s >= {1 - TARGET_FLAG_RATIO:.2f}, "
+        f"p50 and p99 <= {1 + TARGET_FLAG_RATIO:.2f})"
+    )
+    rows = []
     for row in cmp_["flag"]:
         s = summary[row["case"]]
-        add(
-            f"{s['label']:<34}{row['clients']:>8}{fmt(row['rps_ratio'], 2):>8}{fmt(row['p50_ratio'], 2):>8}"
-            f"{fmt(row['p99_ratio'], 2):>8}  {verdict(row['within_target'])}"
+        rows.append(
+            [
+                s["label"],
+                row["clients"],
+                fmt(row["rps_ratio"], 2),
+                fmt(row["p50_ratio"], 2),
+                fmt(row["p99_ratio"], 2),
+                verdict(row["within_target"]),
+                fmt(s.get("pending_at_end_median"), 0),
+                fmt(s.get("drain_s_median")),
+            ]
         )
-    for clients in cfg["clients"]:
-        s = summary[f"on-{clients}"]
-        if "pending_at_end_median" in s:
-            add(
-                f"  flag on, {clients} clients: {fmt(s['pending_at_end_median'], 0)} messages still pending "
-                f"when the case ended (median), drained in {fmt(s['drain_s_median'])} s"
-                + ("" if not s["left_after_drain_max"] else f", {s['left_after_drain_max']} left (drain timed out)")
-            )
+    extend(
+        table(
+            ["case", "clients", "req/s", "p50", "p99", "target", "pending", "drain s"],
+            rows,
+        )
+    )
+    add(
+        "  pending: messages not yet delivered to Foundry when the case ended (median); "
+        "drain s: until delivered"
+    )
+    stuck = [k for k, s in summary.items() if s.get("left_after_drain_max")]
+    if stuck:
+        add(f"  drain incomplete (timed out or stalled) after: {', '.join(stuck)}")
     add("")
-    add(f"Flag-off chat as a fraction of the constant view (target >= {TARGET_BASELINE_FRACTION:.2f})")
-    for row in cmp_["baseline"]:
-        add(
-            f"  {row['clients']:>3} clients: {fmt(row['chat_rps'])} / {fmt(row['baseline_rps'])} req/s = "
-            f"{fmt(row['fraction'], 2)}  {verdict(row['within_target'])}"
-        )
+    add(f"Flag-off chat / constant view, req/s (target >= {TARGET_BASELINE_FRACTION:.2f})")
+    rows = [
+        [
+            f"{row['clients']} clients",
+            fmt(row["chat_rps"]),
+            fmt(row["baseline_rps"]),
+            fmt(row["fraction"], 2),
+            verdict(row["within_target"]),
+        ]
+        for row in cmp_["baseline"]
+    ]
+    extend(table(["load", "chat", "constant", "fraction", "target"], rows))
+    mw = cmp_["middleware"]
+    add(
+        f"  diagnostic ({mw['clients']} clients): the constant view behind the product's Django "
+        f"middleware does {fmt(mw['baseline_mw_rps'])} req/s,"
+    )
+    add(
+        f"  {fmt(mw['baseline_mw_vs_bare'], 2)} of the bare one; flag-off chat is "
+        f"{fmt(mw['chat_vs_baseline_mw'], 2)} of that"
+    )
     add("")
     ws = summary["ws"]
-    add(f"WebSocket  /api/v1/chat/ws/<session>  ({ws['clients']} sockets, one session each, closed loop)")
     add(
-        f"  turns/s {fmt(ws['turns_per_s'])}   first chunk p50/p95/p99 {fmt(ws['first_chunk_p50_ms'])} / "
-        f"{fmt(ws['first_chunk_p95_ms'])} / {fmt(ws['first_chunk_p99_ms'])} ms   reply p50/p95/p99 "
-        f"{fmt(ws['reply_p50_ms'])} / {fmt(ws['reply_p95_ms'])} / {fmt(ws['reply_p99_ms'])} ms   errors {ws['errors']}"
+        f"WebSocket  /api/v1/chat/ws/<session>  ({ws['clients']} sockets, one session each, "
+        f"closed loop): {fmt(ws['turns_per_s'])} turns/s, {ws['errors']} errors"
+    )
+    extend(
+        table(
+            ["time to", "p50 ms", "p95 ms", "p99 ms"],
+            [
+                ["first chunk"] + [fmt(ws[f"first_chunk_p{q}_ms"]) for q in (50, 95, 99)],
+                ["reply frame"] + [fmt(ws[f"reply_p{q}_ms"]) for q in (50, 95, 99)],
+            ],
+        )
     )
     add("")
     cold = report["cold_start"]
-    add(f"Cold start: first reply on a {cfg['history_turns']}-turn session right after the server started (median of reps)")
-    loc = cold["local"]
     add(
-        f"  local history      : {fmt(loc['cold_ms_median'])} ms (next turn {fmt(loc['warm_ms_median'])} ms) "
-        f"over {len(loc['reps'])} restarts; history read: {fmt(loc['all_loaded'])}   "
-        f"target < {TARGET_COLD_MS} ms  {verdict(loc['cold_ms_median'] is not None and loc['cold_ms_median'] < TARGET_COLD_MS)}"
+        f"Cold start: first reply on a {cfg['history_turns']}-turn session right after the server "
+        "started (median of reps)"
     )
+    loc = cold["local"]
+    rows = [
+        [
+            "local database",
+            len(loc["reps"]),
+            fmt(loc["cold_ms_median"]),
+            fmt(loc["warm_ms_median"]),
+            "-",
+            "-",
+            f"< {TARGET_COLD_MS}",
+            verdict(loc["cold_ms_median"] is not None and loc["cold_ms_median"] < TARGET_COLD_MS),
+            fmt(loc["all_loaded"]),
+        ]
+    ]
     for f in cold["foundry"]:
         ok = f["cold_ms_median"] is not None and f["cold_ms_median"] < f["target_ms"]
-        add(
-            f"  from Foundry, {f['latency_ms']:>3} ms: {fmt(f['cold_ms_median'])} ms (next turn {fmt(f['warm_ms_median'])} ms) "
-            f"loading {f['thread_messages']} messages; emulator round trip {fmt(f['emulator_rtt_ms_median'])} ms "
-            f"(a 100-message page {fmt(f['emulator_page100_rtt_ms_median'])} ms); history loaded: {fmt(f['all_loaded'])}   "
-            f"target < {fmt(f['target_ms'])} ms  {verdict(ok)}"
+        rows.append(
+            [
+                f"Foundry, {f['latency_ms']} ms latency",
+                len(f["reps"]),
+                fmt(f["cold_ms_median"]),
+                fmt(f["warm_ms_median"]),
+                fmt(f["emulator_reads_per_cold_turn"], 0),
+                fmt(f["emulator_rtt_ms_median"]),
+                f"< {fmt(f['target_ms'])}",
+                verdict(ok),
+                fmt(f["all_loaded"]),
+            ]
         )
-    add("")
-    add(f"Sync throughput to the emulator (0 ms latency), backlog of {report['backlog']['turns']} turns "
-        f"({report['backlog']['pending_messages']} messages) over {cfg['backlog_sessions']} sessions")
-    for s in report["sync"]:
-        add(
-            f"  {s['workers']} worker(s): {fmt(s['messages_per_s'])} messages/s over {fmt(s['window_s'])} s "
-            f"({s['delivered']} delivered, {s['threads_created']} threads; all delivered: {fmt(s['complete'])}; "
-            f"first delivery {fmt(s['first_delivery_after_s'])} s after start)"
+    extend(
+        table(
+            [
+                "history from",
+                "reps",
+                "first ms",
+                "next ms",
+                "reads",
+                "RTT ms",
+                "target",
+                "",
+                "loaded",
+            ],
+            rows,
         )
-    q = report["queries"]
-    add("")
+    )
     add(
-        f"Database queries per chat turn (in-process, CaptureQueriesContext; the HTTP view adds 1 for the token): "
-        f"flag off {q['off']['steady_median']} (first turn of a session {q['off']['first_turn']}), "
-        f"flag on {q['on']['steady_median']} (first turn {q['on']['first_turn']})"
+        "  reads: calls to Foundry during the first turn; RTT: one emulator round trip; "
+        "loaded: the reply counts the old turns"
     )
     add("")
-    add("Peak memory (VmHWM)")
+    backlog = report["backlog"]
+    add(
+        f"Sync to the emulator (0 ms latency) from a backlog of {backlog['turns']} turns "
+        f"({backlog['pending_messages']} messages, {cfg['backlog_sessions']} sessions)"
+    )
+    rows = [
+        [
+            s["workers"],
+            fmt(s["messages_per_s"]),
+            fmt(s["window_s"]),
+            f"{s['delivered']} / {s['backlog_messages']}",
+            s["threads_created"],
+            fmt(s["first_delivery_after_s"]),
+        ]
+        for s in report["sync"]
+    ]
+    extend(
+        table(["workers", "messages/s", "over s", "delivered", "threads", "1st delivery s"], rows)
+    )
+    q = report["queries"]
+    add("")
+    add("Database queries per chat turn (in-process; the REST view adds 1, the token lookup)")
+    extend(
+        table(
+            ["flag", "per turn", "first turn of a session"],
+            [
+                ["off", q["off"]["steady_median"], q["off"]["first_turn"]],
+                ["on", q["on"]["steady_median"], q["on"]["first_turn"]],
+            ],
+        )
+    )
+    add("")
+    add("Peak memory per process (VmHWM)")
     by_role: dict[str, list] = {}
     for m in report["memory"]:
         by_role.setdefault(m["role"], []).append(m)
+    rows = []
     for role, items in by_role.items():
         peak = max(items, key=lambda m: m["peak_rss_mib"])
-        add(
-            f"  {role:<9} max {peak['peak_rss_mib']:.1f} MiB ({peak['process']}), "
-            f"median {statistics.median(m['peak_rss_mib'] for m in items):.1f} MiB over {len(items)} process(es)"
+        rows.append(
+            [
+                role,
+                len(items),
+                f"{statistics.median(m['peak_rss_mib'] for m in items):.1f}",
+                f"{peak['peak_rss_mib']:.1f}",
+                peak["process"],
+            ]
         )
+    extend(table(["role", "processes", "median MiB", "max MiB", "max in"], rows))
+    problems = report["log_problems"]
+    if problems:
+        add("")
+        add("Logs of the processes: ERROR lines, tracebacks, WARNING lines")
+        rows = []
+        for p in problems:
+            serving, shutdown = p["serving"], p["shutdown"]
+            kinds = {**serving["errors_by_message"], **shutdown["errors_by_message"]}
+            top = max(kinds.items(), key=lambda kv: kv[1])[0] if kinds else ""
+            rows.append(
+                [
+                    p["process"],
+                    f"{serving['error_lines']} / {serving['tracebacks']} / "
+                    f"{serving['warning_lines']}",
+                    f"{shutdown['error_lines']} / {shutdown['tracebacks']} / "
+                    f"{shutdown['warning_lines']}",
+                    top.split(" ", 1)[-1][:48],
+                ]
+            )
+        extend(table(["process", "serving", "after SIGTERM", "most frequent error"], rows))
+    git = report.get("git") or {}
     add("")
-    add(f"total time {report['elapsed_s']:.0f} s")
+    changed = git.get("changed_files")
+    add(
+        f"total {report['elapsed_s']:.0f} s; commit {git.get('commit', '?')}"
+        + (f" with {changed} changed file(s) in the work tree" if changed else "")
+    )
     return "\n".join(lines)
 
 
 # ---- main ------------------------------------------------------------------------------------
 
 
-def spawn_task(procs: Processes, name: str, args: list[str], env: dict, tmp: Path) -> tuple[Child, Path]:
+def spawn_task(
+    procs: Processes, name: str, args: list[str], env: dict, tmp: Path
+) -> tuple[Child, Path]:
     out = tmp / f"{name}.json"
-    child = procs.spawn(name, stack.task_args(*args), env, role="task", cpu=LOADGEN_CPU, stdout_path=out)
+    child = procs.spawn(
+        name, stack.task_args(*args), env, role="task", cpu=LOADGEN_CPU, stdout_path=out
+    )
     return child, out
 
 
@@ -637,6 +859,29 @@ def finish_task(procs: Processes, child: Child, out: Path, timeout: float = 240)
     if code != 0:
         raise RuntimeError(f"{child.name} failed ({code}):\n{child.log_tail()}")
     return json.loads(out.read_text())
+
+
+def failed_checks(report: dict) -> list[str]:
+    """What did not work (never a time): a case without answers, non-200 answers, a cold turn
+    that failed or did not see its history, a sync run that delivered nothing."""
+    problems = []
+    for key, s in report["cases"].items():
+        if not s["requests"]:
+            problems.append(f"{key}: no successful request")
+        if s["errors"]:
+            problems.append(f"{key}: {s['errors']} errors")
+    cold = report["cold_start"]
+    for name, c in [("local", cold["local"])] + [
+        (f"foundry {f['latency_ms']} ms", f) for f in cold["foundry"]
+    ]:
+        if c["errors"] or any(r["warm_status"] != 200 for r in c["reps"]):
+            problems.append(f"cold start {name}: a turn failed")
+        if not c["all_loaded"]:
+            problems.append(f"cold start {name}: the reply did not count the old turns")
+    for s in report["sync"]:
+        if not s["delivered"]:
+            problems.append(f"sync with {s['workers']} worker(s): nothing delivered")
+    return problems
 
 
 def _interrupt(signum, frame) -> None:
@@ -658,7 +903,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.seconds is not None:
         cfg.seconds = max(0.1, args.seconds)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_path = args.out or ROOT / "bench" / "results" / f"{stamp}{'-quick' if args.quick else ''}.json"
+    out_path = (
+        args.out or ROOT / "bench" / "results" / f"{stamp}{'-quick' if args.quick else ''}.json"
+    )
 
     if not shutil.which("taskset"):
         print("taskset (util-linux) is required", file=sys.stderr)
@@ -668,7 +915,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.sched_setaffinity(0, {LOADGEN_CPU})
 
-    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, through the `finally` below.
+    # Ctrl-C (even when started from a shell that ignores it in background jobs) and SIGTERM (a
+    # CI timeout, `kill`) unwind through the `finally` below, which stops every child.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
 
     tmp = Path(tempfile.mkdtemp(prefix="chat-bench-"))
@@ -681,9 +930,15 @@ def main(argv: list[str] | None = None) -> int:
         report["elapsed_s"] = round(time.monotonic() - began, 1)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(report, indent=2))
+        problems = failed_checks(report)
+        report["failed_checks"] = problems
+        out_path.write_text(json.dumps(report, indent=2))
         print(render(report))
         print(f"\nJSON: {out_path}")
         failed = False
+        if problems:
+            print("\nFAILED CHECKS:\n  " + "\n  ".join(problems))
+            return 1
         return 0
     except KeyboardInterrupt:
         log("interrupted; stopping every process")
@@ -694,6 +949,19 @@ def main(argv: list[str] | None = None) -> int:
             log(f"databases and logs kept in {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def git_info() -> dict:
+    """The commit measured and whether the tree had local changes (read-only: no index lock)."""
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+    try:
+        head = run_checked(["git", "rev-parse", "--short", "HEAD"], env, timeout=10).strip()
+        dirty = run_checked(
+            ["git", "status", "--porcelain", "--untracked-files=no"], env, timeout=10
+        )
+    except (RuntimeError, OSError):
+        return {}
+    return {"commit": head, "changed_files": len(dirty.splitlines())}
 
 
 def run(cfg: Config, procs: Processes, tmp: Path, quick: bool, stamp: str) -> dict:
@@ -725,12 +993,18 @@ def run(cfg: Config, procs: Processes, tmp: Path, quick: bool, stamp: str) -> di
             tmp,
         ),
         "q_off": spawn_task(
-            procs, "task-queries-off", ["queries", "--turns", str(cfg.query_turns)],
-            stack.base_env(SQLITE_PATH=str(q_off_db)), tmp,
+            procs,
+            "task-queries-off",
+            ["queries", "--turns", str(cfg.query_turns)],
+            stack.base_env(SQLITE_PATH=str(q_off_db)),
+            tmp,
         ),
         "q_on": spawn_task(
-            procs, "task-queries-on", ["queries", "--turns", str(cfg.query_turns)],
-            stack.base_env(SQLITE_PATH=str(q_on_db), **on_env_no_sender), tmp,
+            procs,
+            "task-queries-on",
+            ["queries", "--turns", str(cfg.query_turns)],
+            stack.base_env(SQLITE_PATH=str(q_on_db), **on_env_no_sender),
+            tmp,
         ),
     }
 
@@ -743,24 +1017,27 @@ def run(cfg: Config, procs: Processes, tmp: Path, quick: bool, stamp: str) -> di
         case.server = server
         if case.config == "on":
             case.emulator = emulator
+    for case in cases:
+        if case.config == "baseline-mw" and not stack.has_header(
+            case.server.url + case.server.health_path, "X-Frame-Options"
+        ):
+            raise RuntimeError("the baseline with the product's middleware runs without it")
     log(f"{len(servers)} servers up; waiting for the background preparation")
     prepared = {name: finish_task(procs, *task) for name, task in tasks.items()}
-    log(
-        f"backlog of {prepared['backlog']['turns']} turns ready in {prepared['backlog']['seconds']:.1f} s"
-    )
+    backlog = prepared["backlog"]
+    log(f"backlog of {backlog['turns']} turns ready in {backlog['seconds']:.1f} s")
 
     log(f"{len(cases)} cases x {cfg.rounds} rounds x {cfg.seconds} s")
     run_rounds(cases, cfg, token, procs)
     summary = {c.key: summarize_case(c) for c in cases}
-    for case in cases:
-        procs.stop(case.server.child)
+    procs.stop_many([case.server.child for case in cases])
 
     log("cold start: local history")
     cold_local = cold_start_local(procs, cfg, history_db, token)
     cold_foundry = []
-    for latency in cfg.cold_foundry_latencies:
+    for latency, reps in cfg.cold_foundry:
         log(f"cold start: history from Foundry at {latency} ms")
-        cold_foundry.append(cold_start_foundry(procs, cfg, dbs, emulator, latency))
+        cold_foundry.append(cold_start_foundry(procs, cfg, dbs, emulator, latency, reps))
 
     log("sync throughput")
     sync = sync_throughput(procs, cfg, dbs, backlog_db, prepared["backlog"], emulator)
@@ -786,6 +1063,8 @@ def run(cfg: Config, procs: Processes, tmp: Path, quick: bool, stamp: str) -> di
         "sync": sync,
         "queries": {"off": prepared["q_off"], "on": prepared["q_on"]},
         "memory": [m for m in procs.memory_report() if m["role"] != "task"],
+        "log_problems": procs.log_problems(),
+        "git": git_info(),
     }
     return report
 

@@ -72,6 +72,11 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def has_header(url: str, name: str) -> bool:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.headers.get(name) is not None
+
+
 class Databases:
     """SQLite files in the run's temp dir: one migrated template, copied per case."""
 
@@ -135,9 +140,7 @@ class Server:
         self.child = child
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self.health_path = (
-            "/api/v1/health" if spec.app.startswith("chatproject") else "/health"
-        )
+        self.health_path = "/api/v1/health" if spec.app.startswith("chatproject") else "/health"
 
     @property
     def name(self) -> str:
@@ -227,7 +230,8 @@ class Emulator:
         return thread["id"]
 
     def thread_url(self, thread_id: str) -> str:
-        return f"{self.url}/api/projects/{FOUNDRY_PROJECT}/threads/{thread_id}?api-version={API_VERSION}"
+        base = f"{self.url}/api/projects/{FOUNDRY_PROJECT}/threads/{thread_id}"
+        return f"{base}?api-version={API_VERSION}"
 
     def messages_page_url(self, thread_id: str, limit: int = 100) -> str:
         return (
@@ -238,7 +242,9 @@ class Emulator:
 
 def spawn_worker(procs: Processes, name: str, db: Path, endpoint: str) -> Child:
     env = base_env(SQLITE_PATH=str(db), SYNC_IN_PROCESS="false", **foundry_env(endpoint))
-    return procs.spawn(name, [PYTHON, "manage.py", "foundry_sync", "--name", name], env, role="worker")
+    return procs.spawn(
+        name, [PYTHON, "manage.py", "foundry_sync", "--name", name], env, role="worker"
+    )
 
 
 def task_args(*args: str) -> list[str]:

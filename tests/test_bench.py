@@ -1,0 +1,33 @@
+"""The benchmark harness runs (its --quick smoke mode): it checks that every case ran and got
+answers, never a time."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.live import ROOT
+
+pytestmark = pytest.mark.live_server_process
+
+
+@pytest.mark.skipif(
+    (os.cpu_count() or 1) < 2 or not shutil.which("taskset"),
+    reason="the harness pins processes to two CPUs with taskset",
+)
+def test_quick_benchmark_runs(tmp_path):
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    result = subprocess.run(
+        [sys.executable, "bench/run.py", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert json.loads(out.read_text())["failed_checks"] == []
