@@ -5,11 +5,15 @@ Serve it with `daphne chatproject.asgi:application` (or `manage.py runserver`, w
 
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproject.settings")
 # Django must be set up before anything imports models.
-django_asgi_app = get_asgi_application()
+django.setup(set_prefix=False)
+
+from sessions_app.middleware import PooledSyncASGIHandler  # noqa: E402
+
+django_asgi_app = PooledSyncASGIHandler()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 

@@ -112,6 +112,8 @@ TEMPLATES = [
 ]
 
 ASGI_APPLICATION = "chatproject.asgi.application"
+# Requests a server process runs at once (its pool of threads for Django's synchronous views).
+SERVER_SYNC_THREADS = env_int("SERVER_SYNC_THREADS", 32)
 
 # Database. SQLite serves concurrent clients only when configured for it: WAL lets readers run
 # beside the one writer, the busy timeout makes a writer wait for the lock instead of failing,
@@ -121,7 +123,8 @@ SQLITE_PATH = Path(os.environ.get("SQLITE_PATH", BASE_DIR / "db.sqlite3"))
 DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL", f"sqlite:///{SQLITE_PATH}"),
-        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0),
+        # Connections live in the server's long-lived worker threads and are reused.
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
         conn_health_checks=True,
     )
 }
@@ -239,9 +242,11 @@ CHAT_SINKS = ["foundry_integration.sink.FoundrySink", "zep_integration.sink.ZepS
 SYNC_IN_PROCESS = env_bool("SYNC_IN_PROCESS", True)
 SYNC_POLL_INTERVAL_S = env_float("SYNC_POLL_INTERVAL_S", 1.0)
 SYNC_BATCH_SIZE = env_int("SYNC_BATCH_SIZE", 20)  # messages per remote call batch
-SYNC_CLAIM_LIMIT = env_int("SYNC_CLAIM_LIMIT", 32)  # sessions a sender takes per pass
-SYNC_CONCURRENCY = env_int("SYNC_CONCURRENCY", 8)  # sessions delivered at once per sender
+SYNC_CLAIM_LIMIT = env_int("SYNC_CLAIM_LIMIT", 64)  # sessions a sender takes per pass
+SYNC_CONCURRENCY = env_int("SYNC_CONCURRENCY", 32)  # sessions delivered at once per sender
 SYNC_LEASE_S = env_int("SYNC_LEASE_S", 60)  # a dead sender's claims expire after this
+SYNC_WAKE_COALESCE_S = env_float("SYNC_WAKE_COALESCE_S", 0.05)  # gather wake-ups into one pass
+SYNC_SHUTDOWN_GRACE_S = env_float("SYNC_SHUTDOWN_GRACE_S", 5.0)  # in-process sender, at exit
 SYNC_BACKOFF_BASE_S = env_float("SYNC_BACKOFF_BASE_S", 1.0)
 SYNC_BACKOFF_MAX_S = env_float("SYNC_BACKOFF_MAX_S", 300.0)
 SYNC_BREAKER_THRESHOLD = env_int("SYNC_BREAKER_THRESHOLD", 5)  # failures in a row to open

@@ -47,6 +47,14 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
 
 
+def _remote_message(message) -> RemoteMessage:
+    metadata = message.metadata or {}
+    # The SDK's role is an enum, whose str() is its name, not its value.
+    role = metadata.get("role") or getattr(message.role, "value", message.role)
+    seq = metadata.get("seq", "")
+    return RemoteMessage(message.id, role, _text(message), int(seq) if seq.isdigit() else None)
+
+
 def _text(message) -> str:
     return "".join(
         part.text.value for part in message.content or [] if getattr(part, "type", "") == "text"
@@ -69,17 +77,15 @@ class AgentsThreadStore:
 
     async def load_messages(self, *, thread_id: str) -> list[RemoteMessage]:
         messages = []
+        pages = self.client.messages.list(thread_id, order="asc", limit=PAGE_SIZE).by_page()
         try:
-            async for message in self.client.messages.list(thread_id, order="asc", limit=PAGE_SIZE):
-                metadata = message.metadata or {}
-                # The SDK's role is an enum, whose str() is its name, not its value.
-                role = metadata.get("role") or getattr(message.role, "value", message.role)
-                seq = metadata.get("seq", "")
-                messages.append(
-                    RemoteMessage(
-                        message.id, role, _text(message), int(seq) if seq.isdigit() else None
-                    )
-                )
+            async for page in pages:
+                page_messages = [message async for message in page]
+                messages += [_remote_message(m) for m in page_messages]
+                # The SDK would ask for one more, empty page after the last; a short page is
+                # the last (a round trip saved on every cold start).
+                if len(page_messages) < PAGE_SIZE:
+                    break
         except (TimeoutError, AzureError, OSError) as exc:
             raise sink_error(exc) from exc
         return messages

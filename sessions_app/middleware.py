@@ -1,8 +1,12 @@
 """ASGI middleware in front of Django."""
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.handlers.asgi import ASGIHandler
+from django.db import close_old_connections
 
 from sessions_app.errors import error_body
 from sessions_app.sync import start_in_process_sender
@@ -65,3 +69,33 @@ class RequestBodyLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+class PooledSyncASGIHandler(ASGIHandler):
+    """Django's ASGI handler for a site whose middleware and views are synchronous (DRF, the
+    admin). Django would run each middleware step and the view in a hop of its own to a thread
+    made for the request; here the whole chain runs in one hop to a bounded, long-lived thread
+    pool, whose threads keep their database connections between requests (CONN_MAX_AGE).
+    SERVER_SYNC_THREADS bounds how many requests run at once in a process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.executor = ThreadPoolExecutor(
+            max_workers=settings.SERVER_SYNC_THREADS, thread_name_prefix="django-sync"
+        )
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        super().load_middleware(is_async=False)
+
+    async def get_response_async(self, request):
+        return await sync_to_async(
+            self._get_response_in_pool, thread_sensitive=False, executor=self.executor
+        )(request)
+
+    def _get_response_in_pool(self, request):
+        # What request_started/finished do under WSGI, in the thread that owns the connections.
+        close_old_connections()
+        try:
+            return self.get_response(request)
+        finally:
+            close_old_connections()

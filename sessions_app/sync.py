@@ -15,11 +15,13 @@ SYNC_IN_PROCESS); `manage.py foundry_sync` runs it as a worker process.
 """
 
 import asyncio
+import atexit
 import logging
 import os
 import random
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
@@ -90,6 +92,20 @@ def breaker_allows(sink_name: str) -> int:
     if health.consecutive_failures >= settings.SYNC_BREAKER_THRESHOLD:
         return 1
     return settings.SYNC_CLAIM_LIMIT
+
+
+def has_due_states(sink_name: str, now) -> bool:
+    """A read (no write lock) that tells whether claiming is worth a write transaction."""
+    return (
+        SinkState.objects.filter(
+            _claimable(now),
+            sink=sink_name,
+            wanted_seq__gt=F("delivered_seq"),
+            next_attempt_at__lte=now,
+        )
+        .only("id")
+        .exists()
+    )
 
 
 @transaction.atomic
@@ -315,6 +331,8 @@ class Sender:
 
     def __init__(self, *, name: str | None = None):
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        # Sink name -> monotonic time before which its breaker is known to be open.
+        self._breaker_open_until: dict[str, float] = {}
 
     async def run_once(self) -> int:
         """One pass over every sink, the sinks side by side; returns how many sessions and
@@ -323,13 +341,17 @@ class Sender:
 
     async def run_sink_once(self, sink: Sink) -> int:
         """One pass over one sink: claim its due work and deliver it."""
-        if not await db(sink.active)():
+        if self._breaker_open_until.get(sink.name, 0) > time.monotonic():
             return 0
-        limit = await db(breaker_allows)(sink.name)
+        limit, states, deletions = await db(self._claim)(sink)
+        if limit is None:  # the sink is off
+            return 0
         if limit == 0:
+            # Known open: no query at all until the cool-down is over.
+            self._breaker_open_until[sink.name] = (
+                time.monotonic() + settings.SYNC_BREAKER_COOLDOWN_S / 2
+            )
             return 0
-        states = await db(claim_states)(sink_name=sink.name, worker=self.name, limit=limit)
-        deletions = await db(claim_deletions)(sink_name=sink.name, worker=self.name, limit=limit)
         if not states and not deletions:
             return 0
         semaphore = asyncio.Semaphore(settings.SYNC_CONCURRENCY)
@@ -343,6 +365,22 @@ class Sender:
         finally:
             heartbeat.cancel()
         return len(states) + len(deletions)
+
+    def _claim(self, sink: Sink) -> tuple[int | None, list[SinkState], list[RemoteDeletion]]:
+        """The breaker's allowance (None: the sink is off), then the due work claimed: cheap
+        reads first, a write transaction only when there is something to take."""
+        if not sink.active():
+            return None, [], []
+        limit = breaker_allows(sink.name)
+        if limit == 0:
+            return 0, [], []
+        now = timezone.now()
+        states = deletions = []
+        if has_due_states(sink.name, now):
+            states = claim_states(sink_name=sink.name, worker=self.name, limit=limit)
+        if RemoteDeletion.objects.filter(sink=sink.name, next_attempt_at__lte=now).exists():
+            deletions = claim_deletions(sink_name=sink.name, worker=self.name, limit=limit)
+        return limit, states, deletions
 
     async def _heartbeat(self) -> None:
         while True:
@@ -361,6 +399,9 @@ class Sender:
             while not stop.is_set():
                 waiter = wake or stop
                 await loop.run_in_executor(None, waiter.wait, settings.SYNC_POLL_INTERVAL_S)
+                # Turns wake us after each commit; gather a short while of them into one pass
+                # instead of a pass per commit.
+                await asyncio.sleep(settings.SYNC_WAKE_COALESCE_S)
                 if wake is not None:
                     wake.clear()
                 for event in due.values():
@@ -542,3 +583,15 @@ def start_in_process_sender() -> None:
             daemon=True,
         )
         _in_process.start()
+
+        def stop_sender() -> None:
+            # Before the interpreter shuts thread pools down: let the current deliveries end
+            # and their results (or the release of their claims) be written.
+            stop.set()
+            _wake.set()
+            _in_process.join(timeout=settings.SYNC_SHUTDOWN_GRACE_S)
+
+        # Runs at interpreter exit before concurrent.futures refuses new work (atexit would run
+        # after it); the public atexit is the fallback where this hook does not exist.
+        register = getattr(threading, "_register_atexit", atexit.register)
+        register(stop_sender)

@@ -76,6 +76,10 @@ def test_foundry_down_the_turn_goes_on_locally_and_the_next_one_loads(user, foun
     sync_pass()  # nothing goes to the thread before its history is local
     assert len(thread_messages(foundry, thread_id)) == 4
 
+    # The failed load backs off; once that is over, the next turn loads the history.
+    from sessions_app.models import SinkState
+
+    SinkState.objects.update(next_attempt_at=timezone.now())
     second = services.chat_turn(user=user, message="back up", session_id="later")
     assert second.reply.startswith("Turn 4:")
     assert [content for _, _, content in history("later")] == [
