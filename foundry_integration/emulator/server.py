@@ -8,18 +8,21 @@ check. Control routes live under `/_emulator` and are never faulted, counted or 
 """
 
 import asyncio
-import json
 import logging
 import re
-import threading
 from collections.abc import Awaitable, Callable
-from types import TracebackType
-from typing import Self
 
 from aiohttp import web
 
-from foundry_integration.loopback import is_loopback
-
+from .kit import (
+    DEFAULT_HOST,
+    BackgroundServer,
+    add_knob_control_routes,
+    read_json_object,
+    route_template,
+    serve_forever,
+)
+from .kit import check_bind_host as check_bind_host  # re-exported: public API here
 from .state import EmulatorState, Fault
 from .wire import (
     ApiError,
@@ -35,7 +38,6 @@ from .wire import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8700
 API_PREFIX = "/api/"
 PROJECT_ROOT = "/api/projects/{project}"
@@ -78,9 +80,7 @@ def create_app(*, state: EmulatorState | None = None) -> web.Application:
     # body, not aiohttp's plain-text 404/405, so SDK callers see a clear error: HttpResponseError
     # (azure-ai-agents) or InternalServerError (openai), both with status 501.
     app.router.add_route("*", "/api/{tail:.*}", _not_implemented)
-    app.router.add_get("/_emulator/state", _control_state)
-    app.router.add_post("/_emulator/faults", _control_faults)
-    app.router.add_post("/_emulator/reset", _control_reset)
+    add_knob_control_routes(app, STATE_KEY, ApiError)
     app.router.add_delete("/_emulator/threads/{thread_id}", _control_delete_thread)
     app.router.add_get("/_emulator/threads/{thread_id}/messages", _control_messages)
     app.router.add_delete(
@@ -97,7 +97,7 @@ async def _api_middleware(request: web.Request, handler: Handler) -> web.StreamR
     state = request.app[STATE_KEY]
     auth = _auth_kind(request)
     # Counted before anything can fail, so "zero requests reached the emulator" is assertable.
-    state.record_request(route=_route_template(request), auth=auth)
+    state.record_request(route=route_template(request), auth=auth)
     if state.latency_ms > 0:
         await asyncio.sleep(state.latency_ms / 1000)
     fault = state.take_fault()
@@ -150,12 +150,6 @@ def _auth_kind(request: web.Request) -> str:
     return "missing"
 
 
-def _route_template(request: web.Request) -> str:
-    resource = request.match_info.route.resource
-    template = resource.canonical if resource is not None else request.path
-    return f"{request.method} {template}"
-
-
 def _error_response(
     status: int, message: str, *, headers: dict[str, str] | None = None
 ) -> web.Response:
@@ -164,16 +158,7 @@ def _error_response(
 
 async def _json_body(request: web.Request) -> JsonObject:
     """The request's JSON object; an empty body counts as `{}`."""
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        raise ApiError(400, "The request body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "The request body must be a JSON object.")
-    return body
+    return await read_json_object(request, ApiError)
 
 
 def _project_and_thread(request: web.Request) -> tuple[str, str]:
@@ -330,25 +315,6 @@ async def _not_implemented(request: web.Request) -> web.Response:
     )
 
 
-async def _control_state(request: web.Request) -> web.Response:
-    return web.json_response(request.app[STATE_KEY].snapshot())
-
-
-async def _control_faults(request: web.Request) -> web.Response:
-    state = request.app[STATE_KEY]
-    try:
-        state.configure_faults(**await _json_body(request))
-    except ValueError as exc:
-        raise ApiError(400, str(exc)) from None
-    return web.json_response(state.snapshot())
-
-
-async def _control_reset(request: web.Request) -> web.Response:
-    state = request.app[STATE_KEY]
-    state.reset(clear_data=request.query.get("data", "").lower() in ("1", "true", "yes"))
-    return web.json_response(state.snapshot())
-
-
 async def _control_delete_thread(request: web.Request) -> web.Response:
     thread_id = request.match_info["thread_id"]
     if not request.app[STATE_KEY].store.remove_thread_anywhere(thread_id):
@@ -379,16 +345,6 @@ async def _control_items(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "conversation_id": conversation_id, "data": items})
 
 
-def check_bind_host(host: str, *, allow_remote: bool) -> None:
-    """Raise ValueError for a non-loopback `host` unless `allow_remote`: the auth is not real."""
-    if allow_remote or is_loopback(host):
-        return
-    raise ValueError(
-        f"Refusing to listen on {host!r}: the emulator accepts any credential. "
-        "Use a loopback address, or pass --allow-remote if you really mean it."
-    )
-
-
 def run_emulator(
     *,
     host: str = DEFAULT_HOST,
@@ -397,109 +353,40 @@ def run_emulator(
     allow_remote: bool = False,
 ) -> None:
     """Serve the emulator until interrupted (Ctrl+C); ValueError for a refused non-loopback host."""
-    check_bind_host(host, allow_remote=allow_remote)
-    state = state if state is not None else EmulatorState()
-    store = state.store_path if state.store_path is not None else "in memory"
-    logger.info(
-        "Foundry emulator: project endpoint http://%s:%d/api/projects/<project> "
-        "(conversations under <endpoint>/openai/v1), store %s",
-        host,
-        port,
-        store,
+    serve_forever(
+        create_app,
+        state,
+        EmulatorState,
+        host=host,
+        port=port,
+        allow_remote=allow_remote,
+        announce=lambda store: logger.info(
+            "Foundry emulator: project endpoint http://%s:%d/api/projects/<project> "
+            "(conversations under <endpoint>/openai/v1), store %s",
+            host,
+            port,
+            store,
+        ),
     )
-    web.run_app(create_app(state=state), host=host, port=port)
 
 
-class EmulatorServer:
-    """The emulator on a free loopback port, served from a background thread with its own loop.
+class EmulatorServer(BackgroundServer[EmulatorState]):
+    """The Foundry emulator in a background thread, for tests and benchmarks; see the base class.
 
-    For tests and benchmarks: `start()` returns the base URL, `stop()` shuts it down, and the
-    object is a context manager. `state` is shared with the running app, so knobs can be set
-    in-process between requests.
+    `project_endpoint(project)` is what the SDK clients take as their endpoint.
     """
 
     def __init__(
         self, state: EmulatorState | None = None, *, host: str = DEFAULT_HOST, port: int = 0
     ) -> None:
-        self.state = state if state is not None else EmulatorState()
-        self.host = host
-        self.port = port
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._startup_error: BaseException | None = None
-
-    @property
-    def base_url(self) -> str:
-        """`http://HOST:PORT` of the running server."""
-        if self._thread is None:
-            raise RuntimeError("the emulator server is not running")
-        return f"http://{self.host}:{self.port}"
+        super().__init__(
+            create_app,
+            state if state is not None else EmulatorState(),
+            host=host,
+            port=port,
+            thread_name="foundry-emulator",
+        )
 
     def project_endpoint(self, project: str = "default") -> str:
         """The SDK endpoint for `project`: `{base_url}/api/projects/{project}`."""
         return f"{self.base_url}/api/projects/{project}"
-
-    def start(self) -> str:
-        """Start serving and return the base URL once the port is bound."""
-        if self._thread is not None:
-            raise RuntimeError("the emulator server is already running")
-        ready = threading.Event()
-        self._startup_error = None
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._serve, args=(ready,), name="foundry-emulator", daemon=True
-        )
-        self._thread.start()
-        ready.wait()
-        if self._startup_error is not None:
-            self._thread.join()
-            self._thread = None
-            raise self._startup_error
-        return self.base_url
-
-    def stop(self) -> None:
-        """Stop serving and wait for the background thread; a no-op when not running."""
-        if self._thread is None or self._loop is None:
-            return
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._thread = None
-        self._loop = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _serve(self, ready: threading.Event) -> None:
-        loop = self._loop
-        assert loop is not None
-        asyncio.set_event_loop(loop)
-        try:
-            runner = loop.run_until_complete(self._start_runner())
-        except BaseException as exc:  # handed to start(), which re-raises it in the caller
-            self._startup_error = exc
-            loop.close()
-            ready.set()
-            return
-        ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(runner.cleanup())
-            loop.close()
-
-    async def _start_runner(self) -> web.AppRunner:
-        # A short shutdown timeout: stop() should not wait on the SDK's idle keep-alive sockets.
-        runner = web.AppRunner(create_app(state=self.state), shutdown_timeout=1.0)
-        await runner.setup()
-        await web.TCPSite(runner, self.host, self.port).start()
-        self.port = runner.addresses[0][1]
-        return runner

@@ -8,13 +8,11 @@ mutation, so a killed emulator never leaves a half-written file and a restart fi
 acknowledged write.
 """
 
-import json
-import os
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .kit import load_store_file, save_store_file
 from .wire import (
     ApiError,
     ItemInput,
@@ -276,9 +274,7 @@ class ThreadStore:
     def _save(self) -> None:
         if self.path is None:
             return
-        document = {
-            "format": _FILE_FORMAT,
-            "version": _FILE_VERSION,
+        sections = {
             "projects": {
                 project: {
                     thread_id: {"thread": record.thread, "messages": record.messages}
@@ -294,17 +290,9 @@ class ThreadStore:
                 for project, conversations in self._conversations.items()
             },
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(
-            dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
+        save_store_file(
+            self.path, file_format=_FILE_FORMAT, version=_FILE_VERSION, sections=sections
         )
-        try:
-            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-                json.dump(document, handle)
-            os.replace(temporary, self.path)
-        except BaseException:
-            os.unlink(temporary)
-            raise
 
 
 def _new_message(thread_id: str, created_at: int, message: MessageInput) -> JsonObject:
@@ -327,16 +315,9 @@ def _item_position(record: _ConversationRecord, item_id: str) -> int:
 def _load(
     path: Path,
 ) -> tuple[dict[str, dict[str, _ThreadRecord]], dict[str, dict[str, _ConversationRecord]]]:
-    document = json.loads(path.read_text(encoding="utf-8"))
-    if (
-        not isinstance(document, dict)
-        or document.get("format") != _FILE_FORMAT
-        or document.get("version") != _FILE_VERSION
-    ):
-        raise ValueError(
-            f"{path} is not a version {_FILE_VERSION} Foundry emulator store; "
-            "move it away or pass another --store path"
-        )
+    document = load_store_file(
+        path, file_format=_FILE_FORMAT, version=_FILE_VERSION, name="Foundry emulator store"
+    )
     threads = {
         project: {
             thread_id: _ThreadRecord(thread=entry["thread"], messages=entry["messages"])

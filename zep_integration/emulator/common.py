@@ -1,8 +1,8 @@
 """What the HTTP layers share: the app key of the state, JSON bodies and per-API error answers."""
 
-import json
-
 from aiohttp import web
+
+from foundry_integration.emulator.kit import read_json_object
 
 from .state import ZepEmulatorState
 from .store import ZepStore
@@ -36,16 +36,7 @@ def error_response(
 
 async def json_body(request: web.Request) -> JsonObject:
     """The request's JSON object; an empty body counts as `{}`."""
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        raise ApiError(400, "The request body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "The request body must be a JSON object.")
-    return body
+    return await read_json_object(request, ApiError)
 
 
 def optional_string(body: JsonObject, name: str) -> str | None:

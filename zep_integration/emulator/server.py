@@ -10,18 +10,24 @@ faulted, counted or authenticated.
 import asyncio
 import hashlib
 import logging
-import threading
 from collections.abc import Awaitable, Callable
-from types import TracebackType
-from typing import Self
 
 from aiohttp import web
 
-from foundry_integration.emulator.server import check_bind_host
-from foundry_integration.emulator.state import Fault
+from foundry_integration.emulator.kit import (
+    DEFAULT_HOST,
+    BackgroundServer,
+    Fault,
+    add_knob_control_routes,
+    route_template,
+    serve_forever,
+)
+from foundry_integration.emulator.kit import (
+    check_bind_host as check_bind_host,  # re-exported: public API here
+)
 
 from .cloud_api import add_cloud_routes
-from .common import CLOUD_ROOT, STATE_KEY, error_response, json_body, store_of
+from .common import CLOUD_ROOT, STATE_KEY, error_response, store_of
 from .community_api import add_community_routes
 from .state import ZepEmulatorState
 from .store import StoredResponse
@@ -29,7 +35,6 @@ from .wire import ApiError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8701
 API_PREFIX = "/api/"
 
@@ -55,9 +60,7 @@ def create_app(*, state: ZepEmulatorState | None = None) -> web.Application:
     # Everything else under /api (graph, agents, v3, ...) gets the API's own error body, not
     # aiohttp's plain-text 404/405, so SDK callers see a typed error with a clear message.
     app.router.add_route("*", "/api/{tail:.*}", _not_implemented)
-    app.router.add_get("/_emulator/state", _control_state)
-    app.router.add_post("/_emulator/faults", _control_faults)
-    app.router.add_post("/_emulator/reset", _control_reset)
+    add_knob_control_routes(app, STATE_KEY, ApiError)
     app.router.add_delete("/_emulator/threads/{thread_ref}", _control_delete_thread)
     app.router.add_get("/_emulator/threads/{thread_ref}/messages", _control_messages)
     return app
@@ -70,7 +73,7 @@ async def _api_middleware(request: web.Request, handler: Handler) -> web.StreamR
     state = request.app[STATE_KEY]
     auth = _auth_kind(request)
     # Counted before anything can fail, so "zero requests reached the emulator" is assertable.
-    state.record_request(route=_route_template(request), auth=auth)
+    state.record_request(route=route_template(request), auth=auth)
     # The body is received before the delay, like a slow service that has the whole request:
     # a client that times out during the delay loses the answer, and the write still lands.
     await request.read()
@@ -175,37 +178,12 @@ def _auth_kind(request: web.Request) -> str:
     return "api-key" if scheme.lower() == "api-key" and key.strip() else "invalid"
 
 
-def _route_template(request: web.Request) -> str:
-    resource = request.match_info.route.resource
-    template = resource.canonical if resource is not None else request.path
-    return f"{request.method} {template}"
-
-
 async def _not_implemented(request: web.Request) -> web.Response:
     raise ApiError(
         501,
         f"The Zep emulator does not implement {request.method} {request.path}; it serves "
         "users, threads and messages (v4) and users, sessions and memory (v2).",
     )
-
-
-async def _control_state(request: web.Request) -> web.Response:
-    return web.json_response(request.app[STATE_KEY].snapshot())
-
-
-async def _control_faults(request: web.Request) -> web.Response:
-    state = request.app[STATE_KEY]
-    try:
-        state.configure_faults(**await json_body(request))
-    except ValueError as exc:
-        raise ApiError(400, str(exc)) from None
-    return web.json_response(state.snapshot())
-
-
-async def _control_reset(request: web.Request) -> web.Response:
-    state = request.app[STATE_KEY]
-    state.reset(clear_data=request.query.get("data", "").lower() in ("1", "true", "yes"))
-    return web.json_response(state.snapshot())
 
 
 async def _control_delete_thread(request: web.Request) -> web.Response:
@@ -231,112 +209,48 @@ def run_emulator(
     allow_remote: bool = False,
 ) -> None:
     """Serve the emulator until interrupted (Ctrl+C); ValueError for a refused non-loopback host."""
-    check_bind_host(host, allow_remote=allow_remote)
-    state = state if state is not None else ZepEmulatorState()
-    store = state.store_path if state.store_path is not None else "in memory"
-    logger.info(
-        "Zep emulator: zep-cloud base_url http://%s:%d/api/v4, zep-python base_url "
-        "http://%s:%d, store %s",
-        host,
-        port,
-        host,
-        port,
-        store,
+    serve_forever(
+        create_app,
+        state,
+        ZepEmulatorState,
+        host=host,
+        port=port,
+        allow_remote=allow_remote,
+        announce=lambda store: logger.info(
+            "Zep emulator: zep-cloud base_url http://%s:%d/api/v4, zep-python base_url "
+            "http://%s:%d, store %s",
+            host,
+            port,
+            host,
+            port,
+            store,
+        ),
     )
-    web.run_app(create_app(state=state), host=host, port=port)
 
 
-class ZepEmulatorServer:
-    """The emulator on a free loopback port, served from a background thread with its own loop.
+class ZepEmulatorServer(BackgroundServer[ZepEmulatorState]):
+    """The Zep emulator in a background thread, for tests and benchmarks; see the base class.
 
-    For tests and benchmarks: `start()` returns the base URL, `stop()` shuts it down, and the
-    object is a context manager. `state` is shared with the running app, so knobs can be set
-    in-process between requests.
+    zep-python takes `base_url`, zep-cloud takes `cloud_base_url`.
     """
 
     def __init__(
         self, state: ZepEmulatorState | None = None, *, host: str = DEFAULT_HOST, port: int = 0
     ) -> None:
-        self.state = state if state is not None else ZepEmulatorState()
-        self.host = host
-        self.port = port
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._startup_error: BaseException | None = None
+        super().__init__(
+            create_app,
+            state if state is not None else ZepEmulatorState(),
+            host=host,
+            port=port,
+            thread_name="zep-emulator",
+        )
 
     @property
     def base_url(self) -> str:
         """`http://HOST:PORT` of the running server: zep-python's base_url (it adds /api/v2)."""
-        if self._thread is None:
-            raise RuntimeError("the emulator server is not running")
-        return f"http://{self.host}:{self.port}"
+        return super().base_url
 
     @property
     def cloud_base_url(self) -> str:
         """zep-cloud's base_url: `{base_url}/api/v4` (that SDK uses its base_url as given)."""
         return f"{self.base_url}{CLOUD_ROOT}"
-
-    def start(self) -> str:
-        """Start serving and return the base URL once the port is bound."""
-        if self._thread is not None:
-            raise RuntimeError("the emulator server is already running")
-        ready = threading.Event()
-        self._startup_error = None
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._serve, args=(ready,), name="zep-emulator", daemon=True
-        )
-        self._thread.start()
-        ready.wait()
-        if self._startup_error is not None:
-            self._thread.join()
-            self._thread = None
-            raise self._startup_error
-        return self.base_url
-
-    def stop(self) -> None:
-        """Stop serving and wait for the background thread; a no-op when not running."""
-        if self._thread is None or self._loop is None:
-            return
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._thread = None
-        self._loop = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _serve(self, ready: threading.Event) -> None:
-        loop = self._loop
-        assert loop is not None
-        asyncio.set_event_loop(loop)
-        try:
-            runner = loop.run_until_complete(self._start_runner())
-        except BaseException as exc:  # handed to start(), which re-raises it in the caller
-            self._startup_error = exc
-            loop.close()
-            ready.set()
-            return
-        ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(runner.cleanup())
-            loop.close()
-
-    async def _start_runner(self) -> web.AppRunner:
-        # A short shutdown timeout: stop() should not wait on the SDKs' idle keep-alive sockets.
-        runner = web.AppRunner(create_app(state=self.state), shutdown_timeout=1.0)
-        await runner.setup()
-        await web.TCPSite(runner, self.host, self.port).start()
-        self.port = runner.addresses[0][1]
-        return runner

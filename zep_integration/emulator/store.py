@@ -9,13 +9,11 @@ mutation, so a killed emulator never leaves a half-written file and a restart fi
 acknowledged write, idempotency records included.
 """
 
-import json
-import os
-import tempfile
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+
+from foundry_integration.emulator.kit import load_store_file, save_store_file
 
 from .wire import ApiError, JsonObject, MessageInput, new_uuid, now_iso, stored_message
 
@@ -274,9 +272,7 @@ class ZepStore:
     def _save(self) -> None:
         if self.path is None:
             return
-        document = {
-            "format": _FILE_FORMAT,
-            "version": _FILE_VERSION,
+        sections = {
             "users": self._users,
             "threads": self._threads,
             "tasks": self._tasks,
@@ -285,29 +281,14 @@ class ZepStore:
                 for scope, record in self._idempotency.items()
             },
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(
-            dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
+        save_store_file(
+            self.path, file_format=_FILE_FORMAT, version=_FILE_VERSION, sections=sections
         )
-        try:
-            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-                json.dump(document, handle)
-            os.replace(temporary, self.path)
-        except BaseException:
-            os.unlink(temporary)
-            raise
 
     def _load(self, path: Path) -> None:
-        document: Any = json.loads(path.read_text(encoding="utf-8"))
-        if (
-            not isinstance(document, dict)
-            or document.get("format") != _FILE_FORMAT
-            or document.get("version") != _FILE_VERSION
-        ):
-            raise ValueError(
-                f"{path} is not a version {_FILE_VERSION} Zep emulator store; "
-                "move it away or pass another --store path"
-            )
+        document = load_store_file(
+            path, file_format=_FILE_FORMAT, version=_FILE_VERSION, name="Zep emulator store"
+        )
         self._users = document["users"]
         self._threads = document["threads"]
         self._tasks = document["tasks"]

@@ -2,8 +2,9 @@
 Community Edition v2 API) for trying Zep memory without an account, and for tests and
 benchmarks (fault knobs included)."""
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 
+from foundry_integration.emulator.kit import run_command
 from zep_integration.emulator import add_arguments, run_emulator, state_from_options
 
 
@@ -14,12 +15,4 @@ class Command(BaseCommand):
         add_arguments(parser)
 
     def handle(self, *args, **options):
-        try:
-            run_emulator(
-                host=options["host"],
-                port=options["port"],
-                allow_remote=options["allow_remote"],
-                state=state_from_options(options),
-            )
-        except ValueError as exc:
-            raise CommandError(str(exc)) from exc
+        run_command(options, run_emulator=run_emulator, state_from_options=state_from_options)
