@@ -53,7 +53,8 @@ def chat_turn(
 
     The session (user, agent, project, session_id) is created on its first message; a missing
     session_id gets a fresh one. `on_chunk` sees each chunk of the reply as the agent produces
-    it. Raises UnknownAgent for an unregistered agent id, AgentFailed if the agent raises.
+    it. Raises UnknownAgent for an unregistered agent id, AgentFailed if the agent raises or
+    replies with nothing.
     """
     agent_id = agent_id or settings.CHAT_DEFAULT_AGENT
     agent = agent_get(agent_id=agent_id)
@@ -84,6 +85,10 @@ def chat_turn(
         logger.exception("Agent %s failed on session %s", agent_id, session.session_key)
         raise AgentFailed(agent_id) from exc
     reply = "".join(chunks)
+    if not reply:
+        # Nothing to show, and the remote stores refuse empty messages: treat it as a failure.
+        logger.warning("Agent %s gave an empty reply on session %s", agent_id, session.session_key)
+        raise AgentFailed(agent_id)
     session, _ = _message_append(
         key=key,
         sinks=sinks,

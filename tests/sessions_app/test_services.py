@@ -1,0 +1,50 @@
+import pytest
+
+from sessions_app import services
+from sessions_app.agents import Agent
+from sessions_app.models import ChatMessage
+
+pytestmark = pytest.mark.django_db
+
+
+class SilentAgent(Agent):
+    def stream_reply(self, *, turn, history, message):
+        yield from ()
+
+
+class BrokenAgent(Agent):
+    def stream_reply(self, *, turn, history, message):
+        yield "half a "
+        raise RuntimeError("model went away")
+
+
+@pytest.fixture
+def odd_agents(settings):
+    settings.CHAT_AGENTS = {
+        **settings.CHAT_AGENTS,
+        "silent": f"{__name__}.SilentAgent",
+        "broken": f"{__name__}.BrokenAgent",
+    }
+
+
+@pytest.mark.parametrize("agent_id", ["silent", "broken"])
+def test_a_failing_agent_keeps_the_message_and_answers_502(api, odd_agents, agent_id):
+    response = api.post("/api/v1/chat", {"message": "hello", "agent_id": agent_id}, format="json")
+    assert response.status_code == 502
+    assert response.json()["code"] == "agent_failed"
+    assert list(ChatMessage.objects.values_list("role", "content")) == [("user", "hello")]
+
+
+def test_history_window_is_the_latest_messages_oldest_first(user, settings):
+    settings.CHAT_HISTORY_WINDOW = 3
+    for n in range(4):
+        turn = services.chat_turn(user=user, message=f"m{n}", session_id="w")
+    from sessions_app.selectors import session_history_window
+
+    window = session_history_window(session=turn.session, before_seq=8, limit=3)
+    assert [(m.role, m.content) for m in window] == [
+        ("user", "m2"),
+        ("assistant", 'Turn 3: you said "m2". Earlier you said "m1".'),
+        ("user", "m3"),
+    ]
+    assert turn.reply == 'Turn 4: you said "m3". Earlier you said "m2".'
