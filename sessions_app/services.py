@@ -235,9 +235,10 @@ def session_remote_delete(*, session: ChatSession, sink: Sink) -> str | None:
     )
     state.delete()
     # Nothing left to import from: the next turn starts a new thread from the local history.
-    ChatSession.objects.filter(pk=session.pk).update(history_import_from="")
+    cleared = {"history_import_from": ""}
     if sink.session_field:
-        ChatSession.objects.filter(pk=session.pk).update(**{sink.session_field: None})
+        cleared[sink.session_field] = None
+    ChatSession.objects.filter(pk=session.pk).update(**cleared)
     transaction.on_commit(notify_sender)
     logger.info(
         "Session %s: %s thread %s queued for deletion",

@@ -3,11 +3,20 @@ from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from foundry_integration.emulator import EmulatorServer
+
 
 @pytest.fixture(autouse=True)
 def _no_in_process_sender(settings):
     # Tests run the sender explicitly (sessions_app.sync.Sender); a background one would race them.
     settings.SYNC_IN_PROCESS = False
+
+
+@pytest.fixture
+def emulator():
+    """A Foundry emulator (both APIs) on a free loopback port, fresh for each test."""
+    with EmulatorServer() as server:
+        yield server
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import pytest
 import redis
 from websockets.asyncio.client import connect
 
-from foundry_integration.emulator import EmulatorServer
 from tests.live import ROOT, ServerProcess, current_database_url, manage, server_env
 from tests.services import REDIS_URL, fresh_postgres_database, unreachable
 
@@ -29,12 +28,6 @@ def services_available():
             pytest.fail(f"CI needs PostgreSQL and Redis: {problem}")
         pytest.skip(f"needs PostgreSQL and Redis ({problem})")
     redis.Redis.from_url(REDIS_URL).flushdb()
-
-
-@pytest.fixture
-def emulator():
-    with EmulatorServer() as server:
-        yield server
 
 
 @pytest.fixture

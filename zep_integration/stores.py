@@ -68,7 +68,36 @@ def _metadata_int(metadata: dict | None, key: str) -> int | None:
         return None
 
 
-class CloudStore:
+class _ZepStore:
+    """What both adapters share: their own httpx client, and SDK errors as sink errors."""
+
+    api_error: type[Exception]
+
+    def __init__(self, *, timeout: float):
+        self.http = httpx.AsyncClient(timeout=timeout)
+
+    @property
+    def _failures(self) -> tuple[type[BaseException], ...]:
+        return (TimeoutError, self.api_error, httpx.HTTPError, OSError)
+
+    async def _call(self, call):
+        try:
+            return await call
+        except self._failures as exc:
+            raise _error(exc, self.api_error) from exc
+
+    async def _delete(self, call) -> None:
+        """A delete; a thread that is already gone counts as deleted."""
+        try:
+            await self._call(call)
+        except RemoteNotFound:
+            return
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+class CloudStore(_ZepStore):
     """Zep Cloud (API v4): server-assigned user and thread uuids; Idempotency-Key on writes."""
 
     sdk = "cloud"
@@ -77,7 +106,7 @@ class CloudStore:
         from zep_cloud import AsyncZep
         from zep_cloud.core.api_error import ApiError
 
-        self.http = httpx.AsyncClient(timeout=timeout)
+        super().__init__(timeout=timeout)
         # The sender retries on its own schedule; the SDK's retries would multiply the wait.
         self.client = AsyncZep(
             api_key=api_key,
@@ -88,12 +117,6 @@ class CloudStore:
         )
         self.api_error = ApiError
 
-    async def _call(self, call):
-        try:
-            return await call
-        except (TimeoutError, self.api_error, httpx.HTTPError, OSError) as exc:
-            raise _error(exc, self.api_error) from exc
-
     async def ensure_user(self, *, user_id: str) -> str:
         from zep_cloud.errors import ConflictError
 
@@ -102,7 +125,7 @@ class CloudStore:
         except ConflictError:
             # Made by an earlier attempt whose answer we never stored.
             user = await self._call(self.client.user.lookup(user_id=user_id))
-        except (TimeoutError, self.api_error, httpx.HTTPError, OSError) as exc:
+        except self._failures as exc:
             raise _error(exc, self.api_error) from exc
         return user.uuid_
 
@@ -143,23 +166,15 @@ class CloudStore:
                         m.content or "",
                     )
                 )
-        except (TimeoutError, self.api_error, httpx.HTTPError, OSError) as exc:
+        except self._failures as exc:
             raise _error(exc, self.api_error) from exc
         return stored
 
     async def delete(self, *, remote_id: str) -> None:
-        try:
-            await self.client.thread.delete(remote_id)
-        except (TimeoutError, self.api_error, httpx.HTTPError, OSError) as exc:
-            error = _error(exc, self.api_error)
-            if not isinstance(error, RemoteNotFound):
-                raise error from exc
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
+        await self._delete(self.client.thread.delete(remote_id))
 
 
-class CommunityStore:
+class CommunityStore(_ZepStore):
     """Zep Community Edition (API v2): our own user and session ids; no write ids come back, so
     a delivered part is known by its seq."""
 
@@ -169,17 +184,11 @@ class CommunityStore:
         from zep_python.client import AsyncZep
         from zep_python.core.api_error import ApiError
 
-        self.http = httpx.AsyncClient(timeout=timeout)
+        super().__init__(timeout=timeout)
         self.client = AsyncZep(
             base_url=base_url, api_key=api_key, timeout=timeout, httpx_client=self.http
         )
         self.api_error = ApiError
-
-    async def _call(self, call):
-        try:
-            return await call
-        except (TimeoutError, self.api_error, httpx.HTTPError, OSError) as exc:
-            raise _error(exc, self.api_error) from exc
 
     async def ensure_user(self, *, user_id: str) -> str:
         try:
@@ -248,12 +257,4 @@ class CommunityStore:
             page += 1
 
     async def delete(self, *, remote_id: str) -> None:
-        try:
-            await self.client.memory.delete(remote_id)
-        except (TimeoutError, self.api_error, httpx.HTTPError, OSError) as exc:
-            error = _error(exc, self.api_error)
-            if not isinstance(error, RemoteNotFound):
-                raise error from exc
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
+        await self._delete(self.client.memory.delete(remote_id))

@@ -3,18 +3,11 @@ import time
 
 import pytest
 
-from foundry_integration.emulator import EmulatorServer
 from foundry_integration.flag import forget_cached_flag
 from sessions_app.models import RemoteDeletion, SinkState
 from sessions_app.sync import Sender
 
 PROJECT = "testproj"
-
-
-@pytest.fixture
-def emulator():
-    with EmulatorServer() as server:
-        yield server
 
 
 def flag_settings(value: bool) -> dict:

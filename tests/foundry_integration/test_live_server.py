@@ -5,16 +5,9 @@ import time
 import httpx
 import pytest
 
-from foundry_integration.emulator import EmulatorServer
 from tests.live import ServerProcess, manage, server_env
 
 pytestmark = pytest.mark.live_server_process
-
-
-@pytest.fixture
-def emulator():
-    with EmulatorServer() as server:
-        yield server
 
 
 def foundry_env(tmp_path, emulator, flag: str) -> dict[str, str]:

@@ -17,14 +17,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def emulator():
-    from foundry_integration.emulator import EmulatorServer
-
-    with EmulatorServer() as server:
-        yield server
-
-
-@pytest.fixture
 def both(settings, emulator, zep):
     yield from configure_foundry(settings, emulator, "agents")
 
