@@ -87,6 +87,15 @@ class PooledSyncASGIHandler(ASGIHandler):
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=False)
 
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        # Django wraps each request in a ThreadSensitiveContext, which starts a thread for the
+        # request and joins it afterwards. Here the request's work runs in the pool; all that
+        # is left thread-sensitive is the request_started/finished receivers and
+        # response.close(), which share asgiref's one long-lived thread instead.
+        await self.handle(scope, receive, send)
+
     async def get_response_async(self, request):
         return await sync_to_async(
             self._get_response_in_pool, thread_sensitive=False, executor=self.executor
