@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from sessions_app import remote_history, selectors
@@ -94,7 +94,7 @@ def chat_turn(
         sinks=sinks,
         role=ChatMessage.Role.ASSISTANT,
         content=reply,
-        create_session=False,
+        session_pk=session.pk,
     )
     persistence = "foundry" if any(sink.name == "foundry" for sink in sinks) else "local"
     return ChatTurn(session=session, reply=reply, persistence=persistence)
@@ -107,35 +107,23 @@ def _message_append(
     sinks: Sequence[Sink],
     role: str,
     content: str,
-    create_session: bool = True,
+    session_pk: int | None = None,
 ) -> tuple[ChatSession, ChatMessage]:
     """Append one message to the session in one short transaction and return both; the
     message becomes pending for every active sink.
 
-    The session row is locked for the update, so concurrent turns on one session get gapless,
-    unique sequence numbers (PostgreSQL: the row lock; SQLite: IMMEDIATE transactions serialise
-    writers).
+    The session is the one with `key`, created on its first message, or, given `session_pk`,
+    that row only (SessionGone if it was deleted meanwhile).
     """
-    sessions = ChatSession.objects.select_for_update()
-    if create_session:
-        session, _ = sessions.get_or_create(**key)
-    else:
-        try:
-            session = sessions.get(**key)
-        except ChatSession.DoesNotExist:
-            raise SessionGone(key["session_id"]) from None
-    now = timezone.now()
-    session.last_seq += 1
-    session.last_activity_at = now
-    session.updated_at = now
-    if role == ChatMessage.Role.USER:
-        session.user_turns += 1
-    ChatSession.objects.filter(pk=session.pk).update(
-        last_seq=session.last_seq,
-        user_turns=session.user_turns,
-        last_activity_at=now,
-        updated_at=now,
-    )
+    is_user = role == ChatMessage.Role.USER
+    match = {"id": session_pk} if session_pk is not None else _key_columns(key)
+    session = _session_advance(match=match, user_turn=is_user)
+    if session is None:
+        if session_pk is not None:
+            raise SessionGone(key["session_id"])
+        ChatSession.objects.get_or_create(**key)
+        session = _session_advance(match=match, user_turn=is_user)
+    session.owner = key["owner"]
     message = ChatMessage.objects.create(
         session=session,
         seq=session.last_seq,
@@ -146,6 +134,59 @@ def _message_append(
     if sinks:
         mark_pending(session=session, sinks=sinks, through_seq=message.seq)
     return session, message
+
+
+def _key_columns(key: dict) -> dict:
+    return {
+        "owner_id": key["owner"].pk,
+        "agent_id": key["agent_id"],
+        "project_id": key["project_id"],
+        "session_id": key["session_id"],
+    }
+
+
+# What a turn reads back from the session row it advances; the other fields load on access.
+_ADVANCE_RETURNS = (
+    "id",
+    "owner_id",
+    "session_id",
+    "agent_id",
+    "project_id",
+    "last_seq",
+    "user_turns",
+    "foundry_thread_id",
+    "history_import_from",
+    "last_activity_at",
+    "updated_at",
+)
+
+
+def _session_advance(*, match: dict, user_turn: bool) -> ChatSession | None:
+    """Give the matching session its next sequence number and return it (None: no such row).
+
+    One UPDATE ... RETURNING instead of a locking read and a write: the update holds the row
+    lock until the transaction ends (SQLite: the IMMEDIATE transaction's write lock), so
+    concurrent turns on one session get gapless, unique sequence numbers.
+    """
+    now = timezone.now()
+    ops = connection.ops
+    table = ops.quote_name(ChatSession._meta.db_table)
+    where = " AND ".join(f"{ops.quote_name(column)} = %s" for column in match)
+    returns = ", ".join(ops.quote_name(column) for column in _ADVANCE_RETURNS)
+    sql = (
+        f"UPDATE {table} SET last_seq = last_seq + 1, user_turns = user_turns + %s, "
+        f"last_activity_at = %s, updated_at = %s WHERE {where} RETURNING {returns}"
+    )
+    stamp = ops.adapt_datetimefield_value(now)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [int(user_turn), stamp, stamp, *match.values()])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    values = dict(zip(_ADVANCE_RETURNS, row, strict=True))
+    values["last_activity_at"] = values["updated_at"] = now
+    fields = [f.attname for f in ChatSession._meta.concrete_fields if f.attname in values]
+    return ChatSession.from_db(connection.alias, fields, [values[name] for name in fields])
 
 
 def mark_pending(*, session: ChatSession, sinks: Sequence[Sink], through_seq: int) -> None:
