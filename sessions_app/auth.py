@@ -1,6 +1,7 @@
-"""WebSocket authentication: a DRF token, or the Django session cookie.
+"""Authentication by API token (REST and WebSocket), and the WebSocket's session cookie.
 
-The token comes in the `Sec-WebSocket-Protocol` header as the pair of subprotocols
+REST takes the token as `Authorization: Token <key>`, as DRF's TokenAuthentication does. On a
+WebSocket the token comes in the `Sec-WebSocket-Protocol` header as the pair of subprotocols
 `token, <key>` (browsers: `new WebSocket(url, ["token", key])`) or as `?token=<key>`.
 Without a token, the session cookie is used, but only when the request's Origin is absent
 (not a browser) or one of ALLOWED_HOSTS, so another site cannot ride a browser's cookie.
@@ -9,11 +10,16 @@ Without a token, the session cookie is used, but only when the request's Origin 
 from urllib.parse import parse_qs, urlparse
 
 from channels.auth import AuthMiddlewareStack
-from channels.db import database_sync_to_async
 from django.conf import settings
-from django.contrib.auth.models import AnonymousUser
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.http.request import split_domain_port, validate_host
+from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
+from rest_framework.exceptions import AuthenticationFailed
+
+from sessions_app import sql
+from sessions_app.sync import db
 
 TOKEN_SUBPROTOCOL = "token"
 
@@ -38,15 +44,40 @@ def origin_allows_cookie(scope: dict) -> bool:
     return bool(domain) and validate_host(domain, settings.ALLOWED_HOSTS)
 
 
+def token_user(key: str) -> AbstractBaseUser | None:
+    """The active user whose API token is `key`, else None. Every REST request asks, so it is
+    one SQL statement (see sessions_app.sql); the user's other fields load on access."""
+    User = get_user_model()
+    user_pk = sql.column(User, User._meta.pk.attname)
+    row = sql.fetch_one(
+        f"SELECT u.{user_pk} FROM {sql.table(User)} u JOIN {sql.table(Token)} t "
+        f"ON t.{sql.column(Token, 'user_id')} = u.{user_pk} "
+        f"WHERE t.{sql.column(Token, 'key')} = %s AND u.{sql.column(User, 'is_active')} = %s",
+        [key, True],
+    )
+    if row is None:
+        return None
+    return sql.instance(User, {User._meta.pk.attname: row[0], "is_active": True})
+
+
+class APITokenAuthentication(TokenAuthentication):
+    """DRF's TokenAuthentication (the same `Authorization: Token <key>` header) with the
+    one-statement lookup; an unknown key and an inactive user's key both get 401 "Invalid
+    token."."""
+
+    def authenticate_credentials(self, key: str) -> tuple[AbstractBaseUser, Token]:
+        user = token_user(key)
+        if user is None:
+            # Also for an inactive user: nothing to tell a caller about an account it cannot use.
+            raise AuthenticationFailed("Invalid token.")
+        return user, sql.instance(Token, {"key": key, "user_id": user.pk})
+
+
 def _user_for_token(key: str):
-    try:
-        token = Token.objects.select_related("user").get(key=key)
-    except Token.DoesNotExist:
-        return AnonymousUser()
-    return token.user if token.user.is_active else AnonymousUser()
+    return token_user(key) or AnonymousUser()
 
 
-user_for_token = database_sync_to_async(_user_for_token, thread_sensitive=False)
+user_for_token = db(_user_for_token)
 
 
 class WebSocketAuthMiddleware:

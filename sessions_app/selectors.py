@@ -3,6 +3,7 @@
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 
+from sessions_app import sql
 from sessions_app.agents import HistoryMessage
 from sessions_app.models import ChatMessage, ChatSession
 
@@ -31,9 +32,12 @@ def session_history_window(
     *, session: ChatSession, before_seq: int, limit: int
 ) -> list[HistoryMessage]:
     """The last `limit` messages before `before_seq`, oldest first: the context for an agent."""
-    rows = (
-        ChatMessage.objects.filter(session=session, seq__lt=before_seq)
-        .order_by("-seq")
-        .values_list("role", "content")[:limit]
+    # Every turn reads it: SQL, not the ORM (see sessions_app.sql).
+    seq = sql.column(ChatMessage, "seq")
+    rows = sql.fetch_all(
+        f"SELECT {sql.columns(ChatMessage, ['role', 'content'])} FROM {sql.table(ChatMessage)} "
+        f"WHERE {sql.column(ChatMessage, 'session_id')} = %s AND {seq} < %s "
+        f"ORDER BY {seq} DESC LIMIT %s",
+        [session.pk, before_seq, limit],
     )
     return [HistoryMessage(role=role, content=content) for role, content in reversed(rows)]

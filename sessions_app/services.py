@@ -1,6 +1,7 @@
 """Writes: the chat turn and session deletion. The REST view and the WebSocket consumer both call
 `chat_turn`; they only translate its input and output."""
 
+import functools
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -11,7 +12,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
 from django.utils import timezone
 
-from sessions_app import remote_history, selectors
+from sessions_app import remote_history, selectors, sql
 from sessions_app.agents import agent_get
 from sessions_app.models import ChatMessage, ChatSession, RemoteDeletion, SinkState
 from sessions_app.sinks import Sink, active_sinks, sink_get
@@ -124,13 +125,7 @@ def _message_append(
         ChatSession.objects.get_or_create(**key)
         session = _session_advance(match=match, user_turn=is_user)
     session.owner = key["owner"]
-    message = ChatMessage.objects.create(
-        session=session,
-        seq=session.last_seq,
-        role=role,
-        content=content,
-        agent_id=key["agent_id"],
-    )
+    message = _message_insert(session=session, role=role, content=content)
     if sinks:
         mark_pending(session=session, sinks=sinks, through_seq=message.seq)
     return session, message
@@ -156,8 +151,6 @@ _ADVANCE_RETURNS = (
     "user_turns",
     "foundry_thread_id",
     "history_import_from",
-    "last_activity_at",
-    "updated_at",
 )
 
 
@@ -169,34 +162,51 @@ def _session_advance(*, match: dict, user_turn: bool) -> ChatSession | None:
     concurrent turns on one session get gapless, unique sequence numbers.
     """
     now = timezone.now()
-    ops = connection.ops
-    table = ops.quote_name(ChatSession._meta.db_table)
-    where = " AND ".join(f"{ops.quote_name(column)} = %s" for column in match)
-    returns = ", ".join(ops.quote_name(column) for column in _ADVANCE_RETURNS)
-    sql = (
-        f"UPDATE {table} SET last_seq = last_seq + 1, user_turns = user_turns + %s, "
-        f"last_activity_at = %s, updated_at = %s WHERE {where} RETURNING {returns}"
+    stamp = connection.ops.adapt_datetimefield_value(now)
+    col = functools.partial(sql.column, ChatSession)
+    where = " AND ".join(f"{col(name)} = %s" for name in match)
+    row = sql.fetch_one(
+        f"UPDATE {sql.table(ChatSession)} SET {col('last_seq')} = {col('last_seq')} + 1, "
+        f"{col('user_turns')} = {col('user_turns')} + %s, {col('last_activity_at')} = %s, "
+        f"{col('updated_at')} = %s WHERE {where} "
+        f"RETURNING {sql.columns(ChatSession, _ADVANCE_RETURNS)}",
+        [int(user_turn), stamp, stamp, *match.values()],
     )
-    stamp = ops.adapt_datetimefield_value(now)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [int(user_turn), stamp, stamp, *match.values()])
-        row = cursor.fetchone()
     if row is None:
         return None
     values = dict(zip(_ADVANCE_RETURNS, row, strict=True))
-    values["last_activity_at"] = values["updated_at"] = now
-    fields = [f.attname for f in ChatSession._meta.concrete_fields if f.attname in values]
-    return ChatSession.from_db(connection.alias, fields, [values[name] for name in fields])
+    return sql.instance(ChatSession, {**values, "last_activity_at": now, "updated_at": now})
+
+
+def _message_insert(*, session: ChatSession, role: str, content: str) -> ChatMessage:
+    """Insert the session's message number `session.last_seq`."""
+    now = timezone.now()
+    values = {
+        "session_id": session.pk,
+        "seq": session.last_seq,
+        "role": role,
+        "content": content,
+        "agent_id": session.agent_id,
+    }
+    (pk,) = sql.fetch_one(
+        f"INSERT INTO {sql.table(ChatMessage)} "
+        f"({sql.columns(ChatMessage, [*values, 'created_at'])}) "
+        f"VALUES (%s, %s, %s, %s, %s, %s) RETURNING {sql.column(ChatMessage, 'id')}",
+        [*values.values(), connection.ops.adapt_datetimefield_value(now)],
+    )
+    message = sql.instance(ChatMessage, {"id": pk, **values, "created_at": now})
+    message.session = session
+    return message
 
 
 def mark_pending(*, session: ChatSession, sinks: Sequence[Sink], through_seq: int) -> None:
     """Record that the sinks want the session's messages up to `through_seq` (one upsert per
     sink), and wake the sender once the transaction commits."""
-    SinkState.objects.bulk_create(
+    sql.upsert(
+        SinkState,
         [SinkState(session=session, sink=sink.name, wanted_seq=through_seq) for sink in sinks],
-        update_conflicts=True,
-        unique_fields=["session", "sink"],
-        update_fields=["wanted_seq"],
+        unique=["session_id", "sink"],
+        update=["wanted_seq"],
     )
     transaction.on_commit(notify_sender)
 

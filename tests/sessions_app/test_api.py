@@ -226,6 +226,23 @@ class TestAuth:
         assert response.status_code == 401
         assert response.json()["code"] == "authentication_failed"
 
+    def test_token_of_an_inactive_user_gets_401(self, api, user):
+        assert chat(api, "hi").status_code == 200
+        user.is_active = False
+        user.save(update_fields=["is_active"])
+        response = chat(api, "hi again")
+        assert response.status_code == 401
+        assert response.json()["code"] == "authentication_failed"
+        assert ChatMessage.objects.filter(content="hi again").count() == 0
+
+    def test_each_token_acts_as_its_own_user(self, api, other_api, user, other_user):
+        chat(api, "mine", session_id="s")
+        chat(other_api, "theirs", session_id="s")
+        owners = dict(
+            ChatMessage.objects.filter(role="user").values_list("content", "session__owner")
+        )
+        assert owners == {"mine": user.pk, "theirs": other_user.pk}
+
     def test_session_login_works_and_needs_csrf(self, user):
         client = APIClient(enforce_csrf_checks=True)
         client.login(username="alice", password="pw-alice")

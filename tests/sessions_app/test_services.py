@@ -2,7 +2,7 @@ import pytest
 
 from sessions_app import services
 from sessions_app.agents import Agent
-from sessions_app.models import ChatMessage
+from sessions_app.models import ChatMessage, ChatSession
 
 pytestmark = pytest.mark.django_db
 
@@ -18,12 +18,28 @@ class BrokenAgent(Agent):
         raise RuntimeError("model went away")
 
 
+class RecreatingAgent(Agent):
+    """Deletes its session and starts a new one under the same key while it replies."""
+
+    def stream_reply(self, *, turn, history, message):
+        session = ChatSession.objects.get(session_id="again")
+        services.session_delete(session=session)
+        ChatSession.objects.create(
+            owner=session.owner,
+            agent_id=session.agent_id,
+            project_id=session.project_id,
+            session_id=session.session_id,
+        )
+        yield "late reply"
+
+
 @pytest.fixture
 def odd_agents(settings):
     settings.CHAT_AGENTS = {
         **settings.CHAT_AGENTS,
         "silent": f"{__name__}.SilentAgent",
         "broken": f"{__name__}.BrokenAgent",
+        "recreating": f"{__name__}.RecreatingAgent",
     }
 
 
@@ -33,6 +49,14 @@ def test_a_failing_agent_keeps_the_message_and_answers_502(api, odd_agents, agen
     assert response.status_code == 502
     assert response.json()["code"] == "agent_failed"
     assert list(ChatMessage.objects.values_list("role", "content")) == [("user", "hello")]
+
+
+def test_a_reply_never_lands_in_a_newer_session_under_the_same_key(user, odd_agents):
+    with pytest.raises(services.SessionGone):
+        services.chat_turn(user=user, message="older", session_id="again", agent_id="recreating")
+    (newer,) = ChatSession.objects.filter(session_id="again")
+    assert newer.last_seq == 0
+    assert not newer.messages.exists()
 
 
 def test_history_window_is_the_latest_messages_oldest_first(user, settings):

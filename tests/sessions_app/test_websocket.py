@@ -115,6 +115,14 @@ async def test_unauthenticated_socket_is_closed_with_4401(path):
     assert await ws.receive_output(timeout=5) == {"type": "websocket.close", "code": 4401}
 
 
+async def test_token_of_an_inactive_user_is_closed_with_4401(token):
+    await sync_to_async(get_user_model().objects.filter(username="alice").update)(is_active=False)
+    ws = WebsocketCommunicator(application, f"/api/v1/chat/ws/s1?token={token}")
+    connected, _ = await ws.connect()
+    assert connected
+    assert await ws.receive_output(timeout=5) == {"type": "websocket.close", "code": 4401}
+
+
 async def test_invalid_session_id_closes_with_4400(token):
     ws = await connect(f"/api/v1/chat/ws/bad%20id?token={token}")
     frame = await ws.receive_json_from(timeout=5)
