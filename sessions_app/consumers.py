@@ -20,13 +20,13 @@ import json
 import logging
 import re
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from rest_framework.exceptions import APIException, ValidationError
 
 from sessions_app.errors import error_body, validation_error_body
 from sessions_app.models import IDENTIFIER_PATTERN
 from sessions_app.serializers import ChatReplySerializer, ChatRequestSerializer
+from sessions_app.sync import db
 from sessions_app.views import run_chat_turn
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
         # Not thread-sensitive: turns of different sockets run in parallel worker threads.
         turn_task = asyncio.ensure_future(
-            database_sync_to_async(run_chat_turn, thread_sensitive=False)(
+            db(run_chat_turn)(
                 user=self.scope["user"], session_id=self.session_id, on_chunk=on_chunk, **request
             )
         )

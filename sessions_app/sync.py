@@ -55,7 +55,13 @@ logger = logging.getLogger(__name__)
 
 
 def db(func):
-    """Run ORM code from the sender's event loop in a worker thread, tidying connections."""
+    """`func` (ORM code) as an awaitable that runs in a worker thread, closing its connection
+    (returning it to the pool) before and after.
+
+    Use it instead of channels' database_sync_to_async, which closes connections outside the
+    call's copy of the context; Django keeps a connection in that context, so it never saw the
+    call's connection, and under the PostgreSQL pool each call kept one checked out for good.
+    """
 
     def call(*args, **kwargs):
         close_old_connections()
