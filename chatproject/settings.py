@@ -129,6 +129,8 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The same backend, with this process's writers queued in the process (chatproject/sqlite).
+    DATABASES["default"]["ENGINE"] = "chatproject.sqlite"
     DATABASES["default"]["OPTIONS"] = {
         "timeout": env_int("SQLITE_BUSY_TIMEOUT_S", 30),
         "transaction_mode": "IMMEDIATE",
