@@ -12,7 +12,9 @@ that leaves work for the emulator. Figures are medians; compare cases only by th
 
 Cases:
   1-2. REST chat at 1/8/32 clients: flag off; flag on with the emulator at 150 ms; flag on with
-       the emulator down (a closed port); ratios against flag off.
+       the emulator down (a closed port); ratios against flag off. At 8 clients also flag on
+       with no sender in the server (SYNC_IN_PROCESS=false, as in the Procfile): what the flag
+       costs the turns themselves, apart from the sender's work on the same CPU.
   3.   WebSocket: N sockets sending turns closed-loop (turns/s, first chunk, reply).
   4.   Cold start: first reply on a 200-turn session after a server restart (local history), and
        on a session pointed at a 400-message Foundry thread (history loaded from the emulator).
@@ -125,7 +127,7 @@ class Case:
     key: str
     label: str
     kind: str  # rest | ws
-    config: str  # off | on | down | baseline | off-twin
+    config: str  # off | on | down | on-nosender | baseline | baseline-mw | off-twin
     clients: int
     server: Server | None = None
     emulator: Emulator | None = None  # set: drain into it after the case
@@ -145,6 +147,10 @@ class Case:
             env = stack.foundry_env(emulator_url)
         elif self.config == "down":
             env = stack.foundry_env(down_url)
+        elif self.config == "on-nosender":
+            # The turns' own cost of the flag, without the sender's work on the same CPU: the
+            # layout of the Procfile, whose sender runs in worker processes (none here).
+            env = {**stack.foundry_env(emulator_url), "SYNC_IN_PROCESS": "false"}
         return ServerSpec(self.key, env=env, db=dbs.fresh(self.key))
 
 
@@ -168,6 +174,15 @@ def build_cases(cfg: Config) -> list[Case]:
             "constant view + product mw",
             "rest",
             "baseline-mw",
+            cfg.aa_clients,
+        )
+    )
+    cases.append(
+        Case(
+            f"nosender-{cfg.aa_clients}",
+            "flag on, no sender in server",
+            "rest",
+            "on-nosender",
             cfg.aa_clients,
         )
     )
@@ -260,7 +275,7 @@ def run_rounds(cases: list[Case], cfg: Config, token: str, procs: Processes) -> 
             result["round"] = r + 1
             if case.emulator is not None:
                 result["drain"] = drain(case, cfg)
-            elif case.config == "down":
+            elif case.config in ("down", "on-nosender"):
                 result["pending_at_end"] = stack.backlog_pending(case.server.spec.db)
             result["quiesce_s"] = round(child.quiesce(), 2)
             child.sample_memory()
@@ -307,7 +322,10 @@ def compare(summary: dict, cfg: Config) -> dict:
     out = {"flag": [], "baseline": [], "aa": None}
     for clients in cfg.clients:
         off = summary[f"off-{clients}"]
-        for other in (f"on-{clients}", f"down-{clients}"):
+        others = [f"on-{clients}", f"down-{clients}"]
+        if clients == cfg.aa_clients:
+            others.append(f"nosender-{clients}")
+        for other in others:
             s = summary[other]
             row = {
                 "case": other,
@@ -581,7 +599,7 @@ def _rest_rows(report: dict) -> list[list]:
     for clients in cfg["clients"]:
         keys += [f"off-{clients}", f"on-{clients}", f"down-{clients}", f"base-{clients}"]
         if clients == cfg["aa_clients"]:
-            keys += [f"twin-{clients}", f"basemw-{clients}"]
+            keys += [f"twin-{clients}", f"basemw-{clients}", f"nosender-{clients}"]
     rows = []
     for key in keys:
         s = summary[key]
