@@ -91,3 +91,11 @@ class FoundrySink(Sink):
     async def aclose(self) -> None:
         for store in self._stores.pop(asyncio.get_running_loop(), {}).values():
             await store.aclose()
+
+    def warm_up(self) -> None:
+        # The SDK's imports and its first client take about 0.2 s (1-2 s for the conversations
+        # API, which imports openai): a first history import would wait for them.
+        async def first_client() -> None:
+            await thread_store(self.config).aclose()
+
+        asyncio.run(first_client())

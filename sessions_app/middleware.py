@@ -9,18 +9,21 @@ from django.core.handlers.asgi import ASGIHandler
 from django.db import close_old_connections
 
 from sessions_app.errors import error_body
+from sessions_app.sinks import warm_up_sinks
 from sessions_app.sync import start_in_process_sender
 
 
 class StartSender:
-    """Start the in-process background sender (SYNC_IN_PROCESS) with the first connection of a
-    server process: only processes that serve traffic run one, not every manage.py command."""
+    """With the first connection of a server process, start its background sender
+    (SYNC_IN_PROCESS) and warm its sinks up: only processes that serve traffic do, not every
+    manage.py command."""
 
     def __init__(self, app):
         self.app = app
 
     async def __call__(self, scope, receive, send):
         start_in_process_sender()
+        warm_up_sinks()
         return await self.app(scope, receive, send)
 
 

@@ -6,6 +6,8 @@ wants the new messages (`SinkState.wanted_seq`), and the background sender (`ses
 calls the sink's async methods to deliver them.
 """
 
+import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,8 +15,11 @@ from functools import cache
 
 from django.conf import settings
 from django.core.signals import setting_changed
+from django.db import connection
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
+
+logger = logging.getLogger(__name__)
 
 
 class SinkError(Exception):
@@ -125,6 +130,11 @@ class Sink:
     async def aclose(self) -> None:
         """Release clients and connections."""
 
+    def warm_up(self) -> None:
+        """Do the one-time work of a first remote call (imports, the first client), without
+        calling the remote side, so that no user's turn waits for it. Called once per server
+        process, in the background."""
+
 
 @cache
 def _sink_instances(paths: tuple[str, ...]) -> tuple[Sink, ...]:
@@ -145,6 +155,34 @@ def all_sinks() -> tuple[Sink, ...]:
 def active_sinks() -> list[Sink]:
     """The sinks that take turns now (cheap: called on every turn)."""
     return [sink for sink in all_sinks() if sink.active()]
+
+
+_warmed = threading.Lock()
+_warm_up_thread: threading.Thread | None = None
+
+
+def warm_up_sinks() -> None:
+    """Warm the active sinks up in a background thread, once per process."""
+    global _warm_up_thread
+    if _warm_up_thread is not None:  # every connection asks; only the first takes the lock
+        return
+    with _warmed:
+        if _warm_up_thread is not None:
+            return
+
+        def run() -> None:
+            try:
+                for sink in active_sinks():
+                    try:
+                        sink.warm_up()
+                    except Exception:
+                        # Only a head start: the first real call does the same work again.
+                        logger.exception("Warming up %s failed", sink.label)
+            finally:
+                connection.close()  # the flag's lookup may have opened one
+
+        _warm_up_thread = threading.Thread(target=run, name="sink-warm-up", daemon=True)
+        _warm_up_thread.start()
 
 
 def sink_get(name: str) -> Sink:
