@@ -200,14 +200,23 @@ def _message_insert(*, session: ChatSession, role: str, content: str) -> ChatMes
 
 
 def mark_pending(*, session: ChatSession, sinks: Sequence[Sink], through_seq: int) -> None:
-    """Record that the sinks want the session's messages up to `through_seq` (one upsert per
-    sink), and wake the sender once the transaction commits."""
-    sql.upsert(
-        SinkState,
-        [SinkState(session=session, sink=sink.name, wanted_seq=through_seq) for sink in sinks],
-        unique=["session_id", "sink"],
-        update=["wanted_seq"],
+    """Record that the sinks want the session's messages up to `through_seq`, and wake the
+    sender once the transaction commits."""
+    names = [sink.name for sink in sinks]
+    col = functools.partial(sql.column, SinkState)
+    # The rows exist after a session's first message: one UPDATE for every sink.
+    updated = sql.execute(
+        f"UPDATE {sql.table(SinkState)} SET {col('wanted_seq')} = %s "
+        f"WHERE {col('session_id')} = %s AND {col('sink')} IN ({', '.join(['%s'] * len(names))})",
+        [through_seq, session.pk, *names],
     )
+    if updated < len(names):
+        sql.upsert(
+            SinkState,
+            [SinkState(session=session, sink=name, wanted_seq=through_seq) for name in names],
+            unique=["session_id", "sink"],
+            update=["wanted_seq"],
+        )
     transaction.on_commit(notify_sender)
 
 

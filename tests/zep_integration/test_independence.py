@@ -53,3 +53,27 @@ def test_a_slow_sink_does_not_hold_up_the_other(user, both, emulator, zep, setti
         stop.set()
         sender.join(timeout=30)
     assert not sender.is_alive()
+
+
+@pytest.mark.parametrize("zep", ["cloud"], indirect=True)
+def test_a_sink_switched_on_mid_session_gets_the_whole_session(user, both, emulator, zep, settings):
+    from foundry_integration.flag import forget_cached_flag
+    from tests.foundry_integration.conftest import drain, flag_settings
+
+    settings.FLAGS = flag_settings(False)
+    forget_cached_flag()
+    for n in range(2):
+        services.chat_turn(user=user, message=f"m{n}", session_id="switched")
+    assert list(SinkState.objects.values_list("sink", "wanted_seq")) == [("zep", 4)]
+    settings.FLAGS = flag_settings(True)
+    forget_cached_flag()
+    services.chat_turn(user=user, message="m2", session_id="switched")
+    states = dict(SinkState.objects.values_list("sink", "wanted_seq"))
+    assert states == {"zep": 6, "foundry": 6}
+    drain()
+    foundry = SinkState.objects.get(sink="foundry")
+    assert [content for _, content in thread_messages(emulator, foundry.remote_id)][::2] == [
+        "m0",
+        "m1",
+        "m2",
+    ]
