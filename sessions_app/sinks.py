@@ -11,7 +11,6 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cache
 
 from django.conf import settings
 from django.core.signals import setting_changed
@@ -136,15 +135,27 @@ class Sink:
         process, in the background."""
 
 
-@cache
+_instances: dict[tuple[str, ...], tuple[Sink, ...]] = {}
+_instances_lock = threading.Lock()
+
+
 def _sink_instances(paths: tuple[str, ...]) -> tuple[Sink, ...]:
-    return tuple(import_string(path)() for path in paths)
+    # Made once per process under a lock: the first requests and the sender thread ask at the
+    # same moment, and a sink made twice would hold clients that the other copy never closes.
+    instances = _instances.get(paths)
+    if instances is None:
+        with _instances_lock:
+            instances = _instances.get(paths)
+            if instances is None:
+                instances = _instances[paths] = tuple(import_string(path)() for path in paths)
+    return instances
 
 
 @receiver(setting_changed)
 def _forget_sinks(**kwargs) -> None:
     # Sinks read their settings once; tests that override settings get fresh ones.
-    _sink_instances.cache_clear()
+    with _instances_lock:
+        _instances.clear()
 
 
 def all_sinks() -> tuple[Sink, ...]:

@@ -425,12 +425,12 @@ class Sender:
                     await due[sink.name].wait()
 
         await asyncio.gather(tick(), *(sink_loop(sink) for sink in sinks))
-        await self.aclose()
+        await self.aclose(sinks)
         logger.info("Sync sender %s stopped", self.name)
 
-    async def aclose(self) -> None:
-        """Close the sinks' clients of this event loop."""
-        for sink in all_sinks():
+    async def aclose(self, sinks: Sequence[Sink] | None = None) -> None:
+        """Close the sinks' clients of this event loop (those of `sinks`: the ones it used)."""
+        for sink in all_sinks() if sinks is None else sinks:
             await sink.aclose()
 
     async def run_once_and_close(self) -> int:
