@@ -125,10 +125,10 @@ class TestLifecycle:
         # A new process: nothing in memory, no cache, fresh sinks and sender.
         from django.core.cache import cache
 
-        from sessions_app.sinks import _sink_instances
+        from sessions_app.sinks import _forget_sinks
 
         cache.clear()
-        _sink_instances.cache_clear()
+        _forget_sinks()
         forget_cached_flag()
         later = services.chat_turn(user=user, message="message 3", session_id="restart")
         assert later.reply.startswith("Turn 4:")
