@@ -46,7 +46,8 @@ def origin_allows_cookie(scope: dict) -> bool:
 
 def token_user(key: str) -> AbstractBaseUser | None:
     """The active user whose API token is `key`, else None. Every REST request asks, so it is
-    one SQL statement (see sessions_app.sql); the user's other fields load on access."""
+    one SQL statement (see sessions_app.sql); the user's other fields (username, ...) cost a
+    query each on first access."""
     User = get_user_model()
     user_pk = sql.column(User, User._meta.pk.attname)
     row = sql.fetch_one(
@@ -70,7 +71,9 @@ class APITokenAuthentication(TokenAuthentication):
         if user is None:
             # Also for an inactive user: nothing to tell a caller about an account it cannot use.
             raise AuthenticationFailed("Invalid token.")
-        return user, sql.instance(Token, {"key": key, "user_id": user.pk})
+        token = sql.instance(Token, {"key": key, "user_id": user.pk})
+        token.user = user
+        return user, token
 
 
 def _user_for_token(key: str):

@@ -124,6 +124,8 @@ def _message_append(
             raise SessionGone(key["session_id"])
         ChatSession.objects.get_or_create(**key)
         session = _session_advance(match=match, user_turn=is_user)
+        if session is None:  # deleted again between its creation and now
+            raise SessionGone(key["session_id"])
     session.owner = key["owner"]
     message = _message_insert(session=session, role=role, content=content)
     if sinks:
@@ -191,7 +193,8 @@ def _message_insert(*, session: ChatSession, role: str, content: str) -> ChatMes
     (pk,) = sql.fetch_one(
         f"INSERT INTO {sql.table(ChatMessage)} "
         f"({sql.columns(ChatMessage, [*values, 'created_at'])}) "
-        f"VALUES (%s, %s, %s, %s, %s, %s) RETURNING {sql.column(ChatMessage, 'id')}",
+        f"VALUES ({', '.join(['%s'] * (len(values) + 1))}) "
+        f"RETURNING {sql.column(ChatMessage, 'id')}",
         [*values.values(), connection.ops.adapt_datetimefield_value(now)],
     )
     message = sql.instance(ChatMessage, {"id": pk, **values, "created_at": now})
@@ -203,6 +206,8 @@ def mark_pending(*, session: ChatSession, sinks: Sequence[Sink], through_seq: in
     """Record that the sinks want the session's messages up to `through_seq`, and wake the
     sender once the transaction commits."""
     names = [sink.name for sink in sinks]
+    if not names:
+        return
     col = functools.partial(sql.column, SinkState)
     # The rows exist after a session's first message: one UPDATE for every sink.
     updated = sql.execute(
@@ -210,12 +215,12 @@ def mark_pending(*, session: ChatSession, sinks: Sequence[Sink], through_seq: in
         f"WHERE {col('session_id')} = %s AND {col('sink')} IN ({', '.join(['%s'] * len(names))})",
         [through_seq, session.pk, *names],
     )
-    if updated < len(names):
-        sql.upsert(
-            SinkState,
+    if updated < len(names):  # a session's first message, or a sink switched on since
+        SinkState.objects.bulk_create(
             [SinkState(session=session, sink=name, wanted_seq=through_seq) for name in names],
-            unique=["session_id", "sink"],
-            update=["wanted_seq"],
+            update_conflicts=True,
+            unique_fields=["session", "sink"],
+            update_fields=["wanted_seq"],
         )
     transaction.on_commit(notify_sender)
 

@@ -2,8 +2,8 @@
 
 Django's ORM takes 150-350 µs of CPU to build a query, more than SQLite or PostgreSQL take to
 run these; a turn runs a handful of them, so on the hot path that building was most of a
-turn's cost. The SQL below is the same on both databases (RETURNING and ON CONFLICT need
-SQLite 3.35). Everything off the hot path uses the ORM.
+turn's cost. The SQL below is the same on both databases (RETURNING needs SQLite 3.35, which
+chatproject.sqlite requires). Everything off the hot path uses the ORM.
 """
 
 from collections.abc import Sequence
@@ -52,26 +52,7 @@ def columns(model: type[Model], attnames: Sequence[str]) -> str:
 
 
 def instance(model: type[M], values: dict) -> M:
-    """A model instance loaded from `values` (attname -> value); other fields load on access."""
+    """A model instance loaded from `values` (attname -> value); other fields load on access.
+    No database converters run: give Python values (ints, strings, None), or convert first."""
     fields = [f.attname for f in model._meta.concrete_fields if f.attname in values]
     return model.from_db(connection.alias, fields, [values[name] for name in fields])
-
-
-def upsert(
-    model: type[Model], objs: Sequence[Model], *, unique: Sequence[str], update: Sequence[str]
-) -> None:
-    """Insert `objs` (their defaults filled in as `save` would); a row that already has their
-    `unique` attnames gets the `update` ones instead."""
-    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
-    params = [f.get_db_prep_save(f.pre_save(obj, True), connection) for obj in objs for f in fields]
-    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    assignments = ", ".join(
-        f"{column(model, name)} = excluded.{column(model, name)}" for name in update
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table(model)} ({columns(model, [f.attname for f in fields])}) "
-            f"VALUES {', '.join([row] * len(objs))} "
-            f"ON CONFLICT ({columns(model, unique)}) DO UPDATE SET {assignments}",
-            params,
-        )

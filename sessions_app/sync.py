@@ -59,8 +59,9 @@ def db(func):
     (returning it to the pool) before and after.
 
     Use it instead of channels' database_sync_to_async, which closes connections outside the
-    call's copy of the context; Django keeps a connection in that context, so it never saw the
-    call's connection, and under the PostgreSQL pool each call kept one checked out for good.
+    call's copy of the context: asgiref re-homes Django's connection storage into that copy,
+    so the connection the call used was still open after channels' close (seen under the
+    PostgreSQL pool: each call kept one checked out for good).
     """
 
     def call(*args, **kwargs):

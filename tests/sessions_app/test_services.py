@@ -1,4 +1,6 @@
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from sessions_app import services
 from sessions_app.agents import Agent
@@ -72,3 +74,24 @@ def test_history_window_is_the_latest_messages_oldest_first(user, settings):
         ("user", "m3"),
     ]
     assert turn.reply == 'Turn 4: you said "m3". Earlier you said "m2".'
+
+
+def statements(ctx) -> list[str]:
+    """The captured SQL without transaction control (BEGIN, COMMIT, SAVEPOINT ...)."""
+    control = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
+    return [q["sql"] for q in ctx.captured_queries if not q["sql"].startswith(control)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_turn_runs_five_statements_and_a_rest_turn_one_more(user, api):
+    """The hot path's cost is its statements: advance the session, insert the message (twice),
+    read the history window; REST adds the token check. Nothing may load lazily on the way."""
+    services.chat_turn(user=user, message="first", session_id="q")
+    with CaptureQueriesContext(connection) as ctx:
+        services.chat_turn(user=user, message="second", session_id="q")
+    assert len(statements(ctx)) == 5, statements(ctx)
+    api.post("/api/v1/chat", {"message": "third", "session_id": "q"}, format="json")
+    with CaptureQueriesContext(connection) as ctx:
+        response = api.post("/api/v1/chat", {"message": "fourth", "session_id": "q"}, format="json")
+    assert response.status_code == 200
+    assert len(statements(ctx)) == 6, statements(ctx)
