@@ -9,22 +9,35 @@ which it now waits only on other processes (their order still comes from SQLite 
 timeout). Writes outside a transaction (autocommit) are left to SQLite alone.
 """
 
+import logging
 import threading
 
-from django.db.backends.sqlite3 import base
+from django.db.backends.sqlite3 import base, features
 
+logger = logging.getLogger(__name__)
+
+# One per process: the project has one database.
 _writer = threading.Lock()
 
 
+class DatabaseFeatures(features.DatabaseFeatures):
+    # The chat turn's statements use RETURNING (sessions_app.sql).
+    minimum_database_version = (3, 35)
+
+
 class DatabaseWrapper(base.DatabaseWrapper):
+    features_class = DatabaseFeatures
     _holds_writer = False
 
     def _start_transaction_under_autocommit(self):
         if self.transaction_mode not in ("IMMEDIATE", "EXCLUSIVE"):
-            # A deferred transaction may only read: it must not queue behind writers.
+            # A deferred transaction takes SQLite's write lock only when it first writes.
             return super()._start_transaction_under_autocommit()
         # Bounded like SQLite's own wait; past it, SQLite's busy timeout decides as before.
-        acquired = _writer.acquire(timeout=self.settings_dict["OPTIONS"].get("timeout", 5))
+        timeout = self.settings_dict["OPTIONS"].get("timeout", 5)
+        acquired = _writer.acquire(timeout=timeout)
+        if not acquired:
+            logger.warning("SQLite writer lock not free after %s s; waiting on SQLite's", timeout)
         try:
             super()._start_transaction_under_autocommit()
         except BaseException:
