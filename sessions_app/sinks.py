@@ -168,27 +168,29 @@ def active_sinks() -> list[Sink]:
     return [sink for sink in all_sinks() if sink.active()]
 
 
-_warmed = threading.Lock()
+_warm_up_lock = threading.Lock()
 _warm_up_thread: threading.Thread | None = None
 
 
 def warm_up_sinks() -> None:
-    """Warm the active sinks up in a background thread, once per process."""
+    """Warm the active sinks up in a background thread, once per process (SINK_WARM_UP)."""
     global _warm_up_thread
-    if _warm_up_thread is not None:  # every connection asks; only the first takes the lock
-        return
-    with _warmed:
+    if _warm_up_thread is not None or not settings.SINK_WARM_UP:
+        return  # every connection asks; only the first takes the lock
+    with _warm_up_lock:
         if _warm_up_thread is not None:
             return
 
         def run() -> None:
+            # Only a head start: whatever fails here, the first real call does again.
             try:
                 for sink in active_sinks():
                     try:
                         sink.warm_up()
                     except Exception:
-                        # Only a head start: the first real call does the same work again.
                         logger.exception("Warming up %s failed", sink.label)
+            except Exception:
+                logger.exception("Warming up the sinks failed")
             finally:
                 connection.close()  # the flag's lookup may have opened one
 

@@ -8,8 +8,10 @@ from foundry_integration.emulator import EmulatorServer
 
 @pytest.fixture(autouse=True)
 def _no_in_process_sender(settings):
-    # Tests run the sender explicitly (sessions_app.sync.Sender); a background one would race them.
+    # Tests run the sender explicitly (sessions_app.sync.Sender); a background one would race
+    # them, and so would a background warm-up reading the flag.
     settings.SYNC_IN_PROCESS = False
+    settings.SINK_WARM_UP = False
 
 
 @pytest.fixture

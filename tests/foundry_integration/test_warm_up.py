@@ -16,7 +16,8 @@ def test_warming_foundry_up_calls_nothing_remote(foundry, emulator):
 
 
 @pytest.fixture
-def fresh_warm_up(monkeypatch):
+def fresh_warm_up(monkeypatch, settings):
+    settings.SINK_WARM_UP = True
     monkeypatch.setattr(sinks, "_warm_up_thread", None)
     warmed = []
     monkeypatch.setattr(FoundrySink, "warm_up", lambda self: warmed.append(self.name))
@@ -40,4 +41,11 @@ def test_an_inactive_sink_is_left_cold(foundry, fresh_warm_up, settings):
     settings.FLAGS = flag_settings(False)
     forget_cached_flag()
     run_warm_up()
+    assert fresh_warm_up == []
+
+
+def test_switched_off_nothing_is_warmed_up(foundry, fresh_warm_up, settings):
+    settings.SINK_WARM_UP = False
+    sinks.warm_up_sinks()
+    assert sinks._warm_up_thread is None
     assert fresh_warm_up == []
