@@ -37,13 +37,17 @@ def test_the_lock_is_released_after_a_rollback(writer):
     assert list(User.objects.values_list("username", flat=True)) == ["a"]
 
 
-def test_a_writer_of_another_thread_waits_for_the_transaction(writer):
+def test_a_writer_of_another_thread_waits_on_the_lock_not_in_sqlite(writer):
     User = get_user_model()
-    inside, events = threading.Event(), []
+    inside, events, sent = threading.Event(), [], []
+
+    def record(execute, sql, params, many, context):
+        sent.append(sql)
+        return execute(sql, params, many, context)
 
     def other_writer():
         inside.wait(5)
-        with transaction.atomic():
+        with connection.execute_wrapper(record), transaction.atomic():
             events.append("other began")
             User.objects.create(username="other")
         connection.close()
@@ -55,8 +59,12 @@ def test_a_writer_of_another_thread_waits_for_the_transaction(writer):
         inside.set()
         thread.join(timeout=0.3)  # it cannot begin while this transaction holds the lock
         assert thread.is_alive()
+        # Queued on the lock: it has not even sent BEGIN to SQLite (whose busy handler would
+        # have it sleep and poll).
+        assert sent == []
         events.append("first committing")
     thread.join(timeout=10)
     assert events == ["first committing", "other began"]
+    assert sent[0].startswith("BEGIN IMMEDIATE")
     assert User.objects.count() == 2
     assert not writer.locked()
