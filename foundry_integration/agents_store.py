@@ -9,6 +9,7 @@ from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoun
 from sessions_app.sinks import (
     AppendInterrupted,
     OutgoingMessage,
+    RecentMessages,
     RemoteMessage,
     RemoteNotFound,
     RemoteThrottled,
@@ -89,6 +90,23 @@ class AgentsThreadStore:
         except (TimeoutError, AzureError, OSError) as exc:
             raise sink_error(exc) from exc
         return messages
+
+    async def load_recent_messages(self, *, thread_id: str, at_least: int) -> RecentMessages:
+        newest_first = []
+        complete = False
+        pages = self.client.messages.list(thread_id, order="desc", limit=PAGE_SIZE).by_page()
+        try:
+            async for page in pages:
+                page_messages = [message async for message in page]
+                newest_first += page_messages
+                if len(page_messages) < PAGE_SIZE:
+                    complete = True
+                    break
+                if len(newest_first) >= at_least:
+                    break
+        except (TimeoutError, AzureError, OSError) as exc:
+            raise sink_error(exc) from exc
+        return RecentMessages([_remote_message(m) for m in reversed(newest_first)], complete)
 
     async def append_messages(
         self, *, thread_id: str, messages: Sequence[OutgoingMessage]

@@ -13,6 +13,7 @@ import openai
 from sessions_app.sinks import (
     AppendInterrupted,
     OutgoingMessage,
+    RecentMessages,
     RemoteMessage,
     RemoteNotFound,
     RemoteThrottled,
@@ -78,6 +79,24 @@ class ConversationsThreadStore:
         except (TimeoutError, openai.OpenAIError, OSError) as exc:
             raise sink_error(exc) from exc
         return messages
+
+    async def load_recent_messages(self, *, thread_id: str, at_least: int) -> RecentMessages:
+        newest_first = []
+        try:
+            page = await self.client.conversations.items.list(
+                thread_id, order="desc", limit=PAGE_SIZE
+            )
+            while True:
+                newest_first += [i for i in page.data if getattr(i, "type", "") == "message"]
+                complete = not page.has_next_page()
+                if complete or len(newest_first) >= at_least:
+                    break
+                page = await page.get_next_page()
+        except (TimeoutError, openai.OpenAIError, OSError) as exc:
+            raise sink_error(exc) from exc
+        return RecentMessages(
+            [RemoteMessage(i.id, i.role, _text(i)) for i in reversed(newest_first)], complete
+        )
 
     async def append_messages(
         self, *, thread_id: str, messages: Sequence[OutgoingMessage]

@@ -9,7 +9,14 @@ from collections.abc import Sequence
 from foundry_integration.config import FoundryConfig
 from foundry_integration.flag import foundry_threads_enabled
 from foundry_integration.threads import ThreadStore, thread_metadata
-from sessions_app.sinks import OutgoingMessage, RemoteMessage, SessionInfo, Sink, SinkStatus
+from sessions_app.sinks import (
+    OutgoingMessage,
+    RecentMessages,
+    RemoteMessage,
+    SessionInfo,
+    Sink,
+    SinkStatus,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +90,17 @@ class FoundrySink(Sink):
         messages = await self._store(thread_api_of(remote_id)).load_messages(thread_id=remote_id)
         logger.info("Loaded context from Foundry thread %s: %d messages", remote_id, len(messages))
         return messages
+
+    async def load_recent(self, *, remote_id: str, at_least: int) -> RecentMessages:
+        store = self._store(thread_api_of(remote_id))
+        recent = await store.load_recent_messages(thread_id=remote_id, at_least=at_least)
+        logger.info(
+            "Loaded context from Foundry thread %s: %d messages%s",
+            remote_id,
+            len(recent.messages),
+            "" if recent.complete else " (the newest; the older ones load in the background)",
+        )
+        return recent
 
     async def delete_remote(self, *, remote_id: str) -> None:
         await self._store(thread_api_of(remote_id)).delete_thread(thread_id=remote_id)

@@ -7,7 +7,7 @@ AppendInterrupted, SinkError), never SDK exceptions, so the sender handles every
 from collections.abc import Sequence
 from typing import Protocol
 
-from sessions_app.sinks import OutgoingMessage, RemoteMessage, SessionInfo
+from sessions_app.sinks import OutgoingMessage, RecentMessages, RemoteMessage, SessionInfo
 
 # Foundry's limits on thread metadata.
 METADATA_MAX_KEYS = 16
@@ -23,6 +23,10 @@ class ThreadStore(Protocol):
 
     async def load_messages(self, *, thread_id: str) -> list[RemoteMessage]:
         """Every message of the thread, oldest first."""
+
+    async def load_recent_messages(self, *, thread_id: str, at_least: int) -> RecentMessages:
+        """The newest messages, oldest first, read from the newest end in pages: at least
+        `at_least` (all, in a shorter thread), complete when no older message is left."""
 
     async def append_messages(
         self, *, thread_id: str, messages: Sequence[OutgoingMessage]

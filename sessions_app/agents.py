@@ -30,11 +30,12 @@ class Agent:
     agent_id: str = ""
 
     def stream_reply(
-        self, *, turn: int, history: Sequence[HistoryMessage], message: str
+        self, *, turn: int | None, history: Sequence[HistoryMessage], message: str
     ) -> Iterator[str]:
         """Yield the reply to `message`, the session's `turn`-th user message, in chunks that
         concatenate to the whole reply. `history` is the latest part of the conversation before
-        it (at most settings.CHAT_HISTORY_WINDOW messages), oldest first."""
+        it (at most settings.CHAT_HISTORY_WINDOW messages), oldest first. `turn` is None while
+        the session's older history is still being read from its remote thread."""
         raise NotImplementedError
 
 
@@ -47,10 +48,11 @@ class EchoAgent(Agent):
     chunk_chars = 24
 
     def stream_reply(
-        self, *, turn: int, history: Sequence[HistoryMessage], message: str
+        self, *, turn: int | None, history: Sequence[HistoryMessage], message: str
     ) -> Iterator[str]:
         earlier = [m for m in history if m.role == "user"]
-        reply = f'Turn {turn}: you said "{self._clip(message)}".'
+        quoted = self._clip(message)
+        reply = f'You said "{quoted}".' if turn is None else f'Turn {turn}: you said "{quoted}".'
         if earlier:
             reply += f' Earlier you said "{self._clip(earlier[-1].content)}".'
         for start in range(0, len(reply), self.chunk_chars):

@@ -1,71 +1,81 @@
-"""Loading a session's history from its remote thread, for a session that was pointed at an
-existing thread (an import, or a fresh database) and so lacks that history locally."""
+"""Reading a session's history from its remote thread, for a session that was pointed at an
+existing thread (an import, or a fresh database) and so lacks that history locally.
+
+A chat turn on such a session reads only the newest page of the thread (one round trip): a short
+thread is then imported whole, at once; for a longer one the page is the agent's context for this
+turn, and the background sender imports the whole thread (`Sender._import_history`).
+"""
 
 import logging
+from dataclasses import dataclass
 
 from asgiref.sync import async_to_sync
-from django.db import transaction
-from django.db.models import F
+from django.conf import settings
 from django.utils import timezone
 
-from sessions_app.models import ChatMessage, ChatSession, SinkReceipt, SinkState
-from sessions_app.sinks import RemoteMessage, RemoteNotFound, Sink, SinkError
+from sessions_app.agents import HistoryMessage
+from sessions_app.models import ChatMessage, ChatSession, SinkState
+from sessions_app.sinks import RecentMessages, RemoteNotFound, Sink, SinkError
 from sessions_app.sync import (
     backoff_delay,
     breaker_allows,
-    point_at,
+    history_forget,
+    history_insert,
+    log_thread_lost,
     record_sink_result,
     release_state,
 )
 
 logger = logging.getLogger(__name__)
 
-# Temporarily moves local sequence numbers out of the way; far above any real sequence number.
-_SEQ_SHIFT = 1_000_000_000
 ROLES = {choice.value for choice in ChatMessage.Role}
 
 
-async def _load(sink: Sink, remote_id: str) -> list[RemoteMessage]:
+@dataclass(frozen=True)
+class ImportResult:
+    session: ChatSession
+    # The user's message, renumbered when the history was put before it.
+    user_message: ChatMessage
+    # While the older history is not local yet: the thread's newest messages, oldest first.
+    recent: list[HistoryMessage]
+
+
+async def _load_recent(sink: Sink, remote_id: str, at_least: int) -> RecentMessages:
     try:
-        return await sink.load(remote_id=remote_id)
+        return await sink.load_recent(remote_id=remote_id, at_least=at_least)
     finally:
         await sink.aclose()
 
 
 def import_pending(
     *, session: ChatSession, user_message: ChatMessage, sinks: list[Sink]
-) -> tuple[ChatSession, ChatMessage]:
-    """Put the remote history before the session's local messages.
+) -> ImportResult:
+    """Put the remote history before the session's local messages, or, for a thread longer than
+    one page, give this turn the newest messages and leave the rest to the sender.
 
     This is the one remote call a chat turn may make, so it is bounded: it is skipped while the
     sink's breaker is open or the session's last attempt is backing off, and any failure lets
     the turn go on with the local history (the next turn tries again). A lost thread is
     replaced by a new one, which the sender creates and fills with the local history.
     """
+    unchanged = ImportResult(session, user_message, [])
     sink = next((s for s in sinks if s.name == session.history_import_from), None)
     if sink is None:
-        return session, user_message
+        return unchanged
     state = SinkState.objects.get(session=session, sink=sink.name)
     if not state.remote_id:
         ChatSession.objects.filter(pk=session.pk).update(history_import_from="")
         session.history_import_from = ""
-        return session, user_message
+        return unchanged
     if state.next_attempt_at > timezone.now() or breaker_allows(sink.name) == 0:
-        return session, user_message
+        return unchanged
     try:
-        remote = async_to_sync(_load)(sink, state.remote_id)
+        recent = async_to_sync(_load_recent)(sink, state.remote_id, settings.CHAT_HISTORY_WINDOW)
     except RemoteNotFound as exc:
-        logger.warning(
-            "Failed to load context from %s thread %s: %s; creating a new thread",
-            sink.label,
-            state.remote_id,
-            exc,
-        )
-        with transaction.atomic():
-            point_at(state=state, sink=sink, remote_id=None)
-            ChatSession.objects.filter(pk=session.pk).update(history_import_from="")
+        log_thread_lost(sink, state.remote_id, exc)
+        history_forget(state=state, sink=sink)
         session.refresh_from_db()
-        return session, user_message
+        return ImportResult(session, user_message, [])
     except Exception as exc:
         error = str(exc) if isinstance(exc, SinkError) else f"{type(exc).__name__}: {exc}"
         logger.warning(
@@ -73,47 +83,22 @@ def import_pending(
         )
         release_state(state, error=error, retry_in=backoff_delay(state.attempts + 1))
         record_sink_result(sink, error)
-        return session, user_message
-    imported = _insert_before_local(session=session, state=state, remote=remote)
-    if imported is None:  # another turn imported it meanwhile
+        return unchanged
+    if not recent.complete:
+        # The sender, woken by the reply, imports the whole thread.
+        return ImportResult(
+            session,
+            user_message,
+            [
+                HistoryMessage(m.role if m.role in ROLES else ChatMessage.Role.ASSISTANT, m.content)
+                for m in recent.messages
+            ],
+        )
+    imported = history_insert(session_pk=session.pk, state=state, remote=recent.messages)
+    if imported is None:  # another turn or the sender imported it meanwhile
         session.refresh_from_db()
         user_message.refresh_from_db()
-        return session, user_message
-    user_message.seq += len(remote)
-    return imported, user_message
-
-
-@transaction.atomic
-def _insert_before_local(
-    *, session: ChatSession, state: SinkState, remote: list[RemoteMessage]
-) -> ChatSession | None:
-    session = ChatSession.objects.select_for_update().get(pk=session.pk)
-    if not session.history_import_from:
-        return None
-    count = len(remote)
-    local = ChatMessage.objects.filter(session=session)
-    # Two steps, so that no intermediate sequence number collides (the constraint is per row).
-    local.update(seq=F("seq") + _SEQ_SHIFT)
-    local.update(seq=F("seq") - _SEQ_SHIFT + count)
-    ChatMessage.objects.bulk_create(
-        ChatMessage(
-            session=session,
-            seq=seq,
-            role=message.role if message.role in ROLES else ChatMessage.Role.ASSISTANT,
-            content=message.content,
-            agent_id=session.agent_id,
-        )
-        for seq, message in enumerate(remote, start=1)
-    )
-    SinkReceipt.objects.bulk_create(
-        SinkReceipt(state=state, seq=seq, remote_id=message.remote_id)
-        for seq, message in enumerate(remote, start=1)
-    )
-    session.last_seq += count
-    session.user_turns += sum(1 for m in remote if m.role == ChatMessage.Role.USER)
-    session.history_import_from = ""
-    session.save(update_fields=["last_seq", "user_turns", "history_import_from"])
-    SinkState.objects.filter(pk=state.pk).update(
-        delivered_seq=count, inflight_seq=None, wanted_seq=session.last_seq
-    )
-    return session
+        return ImportResult(session, user_message, [])
+    imported.owner = session.owner
+    user_message.seq += len(recent.messages)
+    return ImportResult(imported, user_message, [])

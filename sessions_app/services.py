@@ -13,7 +13,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from sessions_app import remote_history, selectors, sql
-from sessions_app.agents import agent_get
+from sessions_app.agents import HistoryMessage, agent_get
 from sessions_app.models import ChatMessage, ChatSession, RemoteDeletion, SinkState
 from sessions_app.sinks import Sink, active_sinks, sink_get
 from sessions_app.sync import notify_sender, point_at
@@ -69,16 +69,23 @@ def chat_turn(
     session, user_message = _message_append(
         key=key, sinks=sinks, role=ChatMessage.Role.USER, content=message
     )
+    recent_remote: list[HistoryMessage] = []
     if session.history_import_from:
-        session, user_message = remote_history.import_pending(
+        imported = remote_history.import_pending(
             session=session, user_message=user_message, sinks=sinks
         )
+        session, user_message = imported.session, imported.user_message
+        recent_remote = imported.recent
     history = selectors.session_history_window(
         session=session, before_seq=user_message.seq, limit=settings.CHAT_HISTORY_WINDOW
     )
+    if recent_remote:
+        history = [*recent_remote, *history][-settings.CHAT_HISTORY_WINDOW :]
+    # Unknown while the older history is still on the remote thread only.
+    turn = None if session.history_import_from else session.user_turns
     chunks: list[str] = []
     try:
-        for chunk in agent.stream_reply(turn=session.user_turns, history=history, message=message):
+        for chunk in agent.stream_reply(turn=turn, history=history, message=message):
             chunks.append(chunk)
             if on_chunk is not None:
                 on_chunk(chunk)
@@ -129,7 +136,10 @@ def _message_append(
     session.owner = key["owner"]
     message = _message_insert(session=session, role=role, content=content)
     if sinks:
-        mark_pending(session=session, sinks=sinks, through_seq=message.seq)
+        # A turn that reads the session's remote history first wakes the sender only with its
+        # reply: woken now, the sender would read the same thread at the same time.
+        wake = not (is_user and session.history_import_from)
+        mark_pending(session=session, sinks=sinks, through_seq=message.seq, wake_sender=wake)
     return session, message
 
 
@@ -202,9 +212,12 @@ def _message_insert(*, session: ChatSession, role: str, content: str) -> ChatMes
     return message
 
 
-def mark_pending(*, session: ChatSession, sinks: Sequence[Sink], through_seq: int) -> None:
+def mark_pending(
+    *, session: ChatSession, sinks: Sequence[Sink], through_seq: int, wake_sender: bool = True
+) -> None:
     """Record that the sinks want the session's messages up to `through_seq`, and wake the
-    sender once the transaction commits."""
+    sender once the transaction commits (unless not `wake_sender`: it finds them on its next
+    poll)."""
     names = [sink.name for sink in sinks]
     if not names:
         return
@@ -222,7 +235,8 @@ def mark_pending(*, session: ChatSession, sinks: Sequence[Sink], through_seq: in
             unique_fields=["session", "sink"],
             update_fields=["wanted_seq"],
         )
-    transaction.on_commit(notify_sender)
+    if wake_sender:
+        transaction.on_commit(notify_sender)
 
 
 @transaction.atomic

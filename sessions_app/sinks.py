@@ -80,6 +80,14 @@ class RemoteMessage:
 
 
 @dataclass(frozen=True)
+class RecentMessages:
+    """The newest part of a remote thread, oldest first; `complete` when it is the whole thread."""
+
+    messages: list[RemoteMessage]
+    complete: bool
+
+
+@dataclass(frozen=True)
 class SinkStatus:
     """Whether the sink takes turns now, and why not when it does not."""
 
@@ -121,6 +129,12 @@ class Sink:
     async def load(self, *, remote_id: str) -> list[RemoteMessage]:
         """Every message of the thread, oldest first."""
         raise NotImplementedError
+
+    async def load_recent(self, *, remote_id: str, at_least: int) -> RecentMessages:
+        """The newest messages of the thread, oldest first: at least `at_least` of them (all, in
+        a shorter thread), in as few calls as the API allows. A chat turn waits for this one, so
+        a sink whose API pages from the newest end overrides it; this default loads it all."""
+        return RecentMessages(await self.load(remote_id=remote_id), complete=True)
 
     async def delete_remote(self, *, remote_id: str) -> None:
         """Delete the thread; one that is already gone counts as deleted."""

@@ -7,8 +7,10 @@ SYNC_BATCH_SIZE; each delivered message gets a receipt with its remote id, and a
 by a crash is reconciled against the remote thread before anything is sent again, so nothing is
 sent twice. Failures back off exponentially with jitter (at least the Retry-After of a 429), and a
 circuit breaker per sink (SinkHealth, shared through the database) stops calling a sink that
-keeps failing. Any number of senders may run at once: on PostgreSQL they claim rows with
-SELECT ... FOR UPDATE SKIP LOCKED; on SQLite writers are serialised anyway.
+keeps failing. A session pointed at an existing remote thread has that thread imported first,
+before its own messages (`Sender._import_history`). Any number of senders may run at once: on
+PostgreSQL they claim rows with SELECT ... FOR UPDATE SKIP LOCKED; on SQLite writers are
+serialised anyway.
 
 In a server process the sender runs in a thread (`start_in_process_sender`, on when
 SYNC_IN_PROCESS); `manage.py foundry_sync` runs it as a worker process.
@@ -43,6 +45,7 @@ from sessions_app.models import (
 from sessions_app.sinks import (
     AppendInterrupted,
     OutgoingMessage,
+    RemoteMessage,
     RemoteNotFound,
     RemoteThrottled,
     SessionInfo,
@@ -126,8 +129,9 @@ def claim_states(*, sink_name: str, worker: str, limit: int) -> list[SinkState]:
             sink=sink_name,
             wanted_seq__gt=F("delivered_seq"),
             next_attempt_at__lte=now,
-            session__history_import_from="",
         )
+        # A session importing another sink's thread waits for it: its seqs are about to move.
+        .filter(Q(session__history_import_from="") | Q(session__history_import_from=sink_name))
         .order_by("next_attempt_at")
         .values_list("id", flat=True)[:limit]
     )
@@ -198,6 +202,70 @@ def record_remote(state: SinkState, sink: Sink, remote_id: str | None, worker: s
     state.remote_id = remote_id
     state.delivered_seq = 0
     state.inflight_seq = None
+
+
+# Moves local sequence numbers out of the way for a moment; far above any real one.
+_SEQ_SHIFT = 1_000_000_000
+_ROLES = {choice.value for choice in ChatMessage.Role}
+
+
+@transaction.atomic
+def history_insert(
+    *, session_pk: int, state: SinkState, remote: Sequence[RemoteMessage]
+) -> ChatSession | None:
+    """Put the whole remote thread (`remote`, oldest first) before the session's local messages:
+    numbered from 1 with receipts, so it counts as delivered, and the local messages after it.
+    Returns the session, or None when its history was imported already (by another turn or
+    sender) and nothing was written."""
+    session = ChatSession.objects.select_for_update().filter(pk=session_pk).first()
+    if session is None or session.history_import_from != state.sink:
+        return None
+    count = len(remote)
+    local = ChatMessage.objects.filter(session=session)
+    # Two steps, so that no intermediate sequence number collides (the constraint is per row).
+    local.update(seq=F("seq") + _SEQ_SHIFT)
+    local.update(seq=F("seq") - _SEQ_SHIFT + count)
+    ChatMessage.objects.bulk_create(
+        ChatMessage(
+            session=session,
+            seq=seq,
+            role=message.role if message.role in _ROLES else ChatMessage.Role.ASSISTANT,
+            content=message.content,
+            agent_id=session.agent_id,
+        )
+        for seq, message in enumerate(remote, start=1)
+    )
+    SinkReceipt.objects.bulk_create(
+        SinkReceipt(state=state, seq=seq, remote_id=message.remote_id)
+        for seq, message in enumerate(remote, start=1)
+    )
+    session.last_seq += count
+    session.user_turns += sum(1 for m in remote if m.role == ChatMessage.Role.USER)
+    session.history_import_from = ""
+    session.save(update_fields=["last_seq", "user_turns", "history_import_from"])
+    SinkState.objects.filter(pk=state.pk).update(
+        delivered_seq=count, inflight_seq=None, wanted_seq=session.last_seq
+    )
+    return session
+
+
+@transaction.atomic
+def history_forget(*, state: SinkState, sink: Sink) -> None:
+    """The thread to import from is gone: point the session at no thread, nothing to import, so
+    that the sender makes a new thread and fills it with the local history."""
+    point_at(state=state, sink=sink, remote_id=None)
+    ChatSession.objects.filter(pk=state.session_id).update(history_import_from="")
+
+
+def reload_owned(state: SinkState, worker: str) -> None:
+    """Read the claimed row's delivery fields again (another turn or sender may have imported
+    the history meanwhile); ClaimLost if it is not ours any more."""
+    fields = ("remote_id", "wanted_seq", "delivered_seq", "inflight_seq")
+    values = _owned(state, worker).values(*fields).first()
+    if values is None:
+        raise ClaimLost(f"session {state.session_id} was claimed by another sender or deleted")
+    for name, value in values.items():
+        setattr(state, name, value)
 
 
 def queue_deletion(sink_name: str, remote_id: str, session_key: str) -> None:
@@ -317,6 +385,15 @@ def record_sink_result(sink: Sink, error: str = "") -> None:
                 cooldown,
             )
         health.save()
+
+
+def log_thread_lost(sink: Sink, remote_id: str | None, exc: Exception) -> None:
+    logger.warning(
+        "Failed to load context from %s thread %s: %s; creating a new thread",
+        sink.label,
+        remote_id,
+        exc,
+    )
 
 
 # ---- delivery --------------------------------------------------------------------------------
@@ -462,16 +539,29 @@ class Sender:
     async def _replace_lost_thread(self, sink: Sink, state: SinkState, exc: Exception) -> None:
         """The thread is gone remotely: start a new one and send the whole history again. The
         old id is queued for deletion, in case it is only hidden (then it does not linger)."""
-        logger.warning(
-            "Failed to load context from %s thread %s: %s; creating a new thread",
-            sink.label,
-            state.remote_id,
-            exc,
-        )
+        log_thread_lost(sink, state.remote_id, exc)
         await db(queue_deletion)(sink.name, state.remote_id, state.session.session_key)
         await db(record_remote)(state, sink, None, self.name)
 
+    async def _import_history(self, sink: Sink, state: SinkState) -> None:
+        """The session was pointed at an existing thread whose history is not local yet (its
+        turns read only the newest page): read the whole thread into the local store, before
+        the session's own messages, which are then delivered as usual."""
+        try:
+            if not state.remote_id:
+                raise RemoteNotFound("no thread to import from")
+            remote = await sink.load(remote_id=state.remote_id)
+        except RemoteNotFound as exc:
+            log_thread_lost(sink, state.remote_id, exc)
+            await db(history_forget)(state=state, sink=sink)
+        else:
+            await db(history_insert)(session_pk=state.session_id, state=state, remote=remote)
+        await db(reload_owned)(state, self.name)
+        state.session.history_import_from = ""
+
     async def _deliver(self, sink: Sink, state: SinkState) -> None:
+        if state.session.history_import_from == sink.name:
+            await self._import_history(sink, state)
         if not state.remote_id:
             remote_id = await sink.create_remote(session=session_info(state.session))
             await db(record_remote)(state, sink, remote_id, self.name)
@@ -520,7 +610,16 @@ class Sender:
         error = _error_text(exc)
         retry_after = exc.retry_after if isinstance(exc, RemoteThrottled) else None
         delay = backoff_delay(state.attempts + 1, retry_after)
-        if state.remote_id:
+        if state.session.history_import_from == sink.name:
+            logger.warning(
+                "%s thread operation failed, falling back to local storage: %s "
+                "(loading the history of thread %s; retry in %.1f s)",
+                sink.label,
+                error,
+                state.remote_id,
+                delay,
+            )
+        elif state.remote_id:
             logger.warning(
                 "Failed to save context to %s thread %s: %s (retry in %.1f s)",
                 sink.label,

@@ -9,9 +9,10 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from sessions_app import services
-from sessions_app.models import ChatMessage, ChatSession
+from sessions_app.models import ChatMessage, ChatSession, SinkState
 from sessions_app.sinks import OutgoingMessage, SessionInfo, sink_get
-from tests.foundry_integration.conftest import drain, sync_pass, thread_messages
+from sessions_app.sync import Sender, claim_states
+from tests.foundry_integration.conftest import drain, lose_thread, sync_pass, thread_messages
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -66,19 +67,21 @@ def test_next_turn_loads_the_thread_then_continues_on_it(user, foundry, caplog):
     assert on_thread[-2:] == [("user", "new question"), ("assistant", turn.reply)]
 
 
-def test_foundry_down_the_turn_goes_on_locally_and_the_next_one_loads(user, foundry, caplog):
+def test_foundry_down_the_turn_goes_on_locally_and_the_next_one_loads(
+    user, foundry, caplog, settings
+):
+    settings.SYNC_BACKOFF_BASE_S = 60
     thread_id = remote_thread(2)
     call_command("foundry_import_thread", "alice", "later", thread_id)
     foundry.state.fail_next = 1
     first = services.chat_turn(user=user, message="while down", session_id="later")
-    assert first.reply == 'Turn 1: you said "while down".'
+    # The turn number is not known while the older history is not local.
+    assert first.reply == 'You said "while down".'
     assert "Foundry thread operation failed, falling back to local storage" in caplog.text
-    sync_pass()  # nothing goes to the thread before its history is local
+    sync_pass()  # backing off: neither an import nor anything sent to the thread
     assert len(thread_messages(foundry, thread_id)) == 4
 
     # The failed load backs off; once that is over, the next turn loads the history.
-    from sessions_app.models import SinkState
-
     SinkState.objects.update(next_attempt_at=timezone.now())
     second = services.chat_turn(user=user, message="back up", session_id="later")
     assert second.reply.startswith("Turn 4:")
@@ -169,3 +172,105 @@ def test_import_waits_while_foundry_is_failing(user, foundry, settings):
     services.chat_turn(user=user, message="two", session_id="patient")
     # Backing off: the second turn did not call Foundry again.
     assert foundry.state.counters.total == calls
+
+
+def reads(emulator) -> int:
+    return sum(n for route, n in emulator.state.counters.by_route.items() if route[:4] == "GET ")
+
+
+def test_a_long_thread_costs_the_turn_one_read_and_loads_in_the_background(user, foundry, caplog):
+    caplog.set_level(logging.INFO)
+    thread_id = remote_thread(60)  # 120 messages: more than one page
+    call_command("foundry_import_thread", "alice", "long", thread_id)
+    before = reads(foundry)
+
+    turn = services.chat_turn(user=user, message="new question", session_id="long")
+    # The newest page is the agent's context; the turn count waits for the whole thread.
+    assert turn.reply == 'You said "new question". Earlier you said "old question 59".'
+    assert reads(foundry) == before + 1
+    loaded = f"Loaded context from Foundry thread {thread_id}: 100 messages (the newest"
+    assert loaded in caplog.text
+    assert [content for _, _, content in history("long")] == ["new question", turn.reply]
+
+    drain()  # the sender reads the whole thread, puts it first, then sends the new turn
+    rows = history("long")
+    assert [seq for seq, _, _ in rows] == list(range(1, 123))
+    assert rows[0] == (1, "user", "old question 0")
+    assert rows[119] == (120, "assistant", "old answer 59")
+    assert rows[120:] == [(121, "user", "new question"), (122, "assistant", turn.reply)]
+    assert thread_messages(foundry, thread_id) == [(role, content) for _, role, content in rows]
+
+    before = reads(foundry)
+    later = services.chat_turn(user=user, message="and now", session_id="long")
+    assert later.reply == 'Turn 62: you said "and now". Earlier you said "new question".'
+    assert reads(foundry) == before  # the history is local now
+
+
+def test_turns_before_the_background_import_each_land_once(user, foundry):
+    thread_id = remote_thread(60)
+    call_command("foundry_import_thread", "alice", "busy", thread_id)
+    first = services.chat_turn(user=user, message="one", session_id="busy")
+    second = services.chat_turn(user=user, message="two", session_id="busy")
+    assert second.reply == 'You said "two". Earlier you said "one".'
+    drain()
+    rows = history("busy")
+    assert [seq for seq, _, _ in rows] == list(range(1, 125))
+    assert [content for _, _, content in rows[120:]] == ["one", first.reply, "two", second.reply]
+    assert thread_messages(foundry, thread_id) == [(role, content) for _, role, content in rows]
+
+
+def test_background_import_retries_a_failed_read(user, foundry, caplog):
+    thread_id = remote_thread(60)
+    call_command("foundry_import_thread", "alice", "flaky", thread_id)
+    services.chat_turn(user=user, message="hello", session_id="flaky")
+    foundry.state.fail_next = 1
+    sync_pass()
+    assert "falling back to local storage: HTTP 500" in caplog.text
+    assert f"(loading the history of thread {thread_id}; retry in" in caplog.text
+    assert len(history("flaky")) == 2
+    assert SinkState.objects.get().attempts == 1
+    drain()
+    assert len(history("flaky")) == 122
+    assert len(thread_messages(foundry, thread_id)) == 122
+
+
+def test_background_import_of_a_lost_thread_starts_a_new_one(user, foundry, caplog):
+    thread_id = remote_thread(60)
+    call_command("foundry_import_thread", "alice", "vanished", thread_id)
+    turn = services.chat_turn(user=user, message="hello", session_id="vanished")
+    assert lose_thread(foundry, thread_id)
+    drain()
+    assert f"Failed to load context from Foundry thread {thread_id}" in caplog.text
+    session = ChatSession.objects.get(session_id="vanished")
+    assert session.foundry_thread_id not in (None, thread_id)
+    assert session.history_import_from == ""
+    assert thread_messages(foundry, session.foundry_thread_id) == [
+        ("user", "hello"),
+        ("assistant", turn.reply),
+    ]
+
+
+def test_a_sender_whose_claim_went_stale_does_not_import_twice(user, foundry, settings):
+    settings.SYNC_BACKOFF_BASE_S = 60
+    thread_id = remote_thread(2)
+    call_command("foundry_import_thread", "alice", "stale", thread_id)
+    foundry.state.fail_next = 1
+    services.chat_turn(user=user, message="while down", session_id="stale")
+    SinkState.objects.update(next_attempt_at=timezone.now())
+    sender = Sender(name="stale-sender")
+    [state] = claim_states(sink_name="foundry", worker=sender.name, limit=10)
+    assert state.session.history_import_from == "foundry"
+    # Meanwhile the next turn imports the short thread itself.
+    services.chat_turn(user=user, message="back up", session_id="stale")
+
+    async def deliver() -> None:
+        try:
+            await sender.deliver(sink_get("foundry"), state)
+        finally:
+            await sender.aclose()
+
+    asyncio.run(deliver())
+    drain()
+    rows = history("stale")
+    assert len(rows) == 8
+    assert thread_messages(foundry, thread_id) == [(role, content) for _, role, content in rows]

@@ -9,6 +9,7 @@ from foundry_integration.sink import thread_store
 from sessions_app.sinks import (
     AppendInterrupted,
     OutgoingMessage,
+    RecentMessages,
     RemoteNotFound,
     RemoteThrottled,
     SinkError,
@@ -63,6 +64,36 @@ async def test_long_threads_load_whole(store):
     assert [m.content for m in loaded] == [f"text {seq}" for seq in range(1, 251)]
 
 
+async def test_recent_messages_read_from_the_newest_end(store, emulator):
+    thread_id = await store.create_thread(metadata=METADATA)
+    await store.append_messages(thread_id=thread_id, messages=outgoing(250))
+    reads = emulator.state.counters.total
+
+    recent = await store.load_recent_messages(thread_id=thread_id, at_least=50)
+    # One page of the newest messages, oldest first; older ones are left.
+    assert emulator.state.counters.total == reads + 1
+    assert [m.content for m in recent.messages] == [f"text {seq}" for seq in range(151, 251)]
+    assert not recent.complete
+
+    recent = await store.load_recent_messages(thread_id=thread_id, at_least=120)
+    assert [m.content for m in recent.messages] == [f"text {seq}" for seq in range(51, 251)]
+    assert not recent.complete
+
+
+async def test_recent_messages_of_a_short_thread_are_all_of_it(store, emulator):
+    thread_id = await store.create_thread(metadata=METADATA)
+    assert await store.load_recent_messages(thread_id=thread_id, at_least=50) == RecentMessages(
+        [], complete=True
+    )
+    ids = await store.append_messages(thread_id=thread_id, messages=outgoing(30))
+    reads = emulator.state.counters.total
+    recent = await store.load_recent_messages(thread_id=thread_id, at_least=50)
+    assert emulator.state.counters.total == reads + 1
+    assert recent.complete
+    assert recent.messages == await store.load_messages(thread_id=thread_id)
+    assert [m.remote_id for m in recent.messages] == ids
+
+
 async def test_content_round_trips(store):
     thread_id = await store.create_thread(metadata=METADATA)
     texts = ["x" * 32_000, "ünïcödé ✓ 漢字 🙂", 'line\nbreaks\tand "quotes"']
@@ -82,6 +113,8 @@ async def test_system_messages_keep_their_role(store):
 async def test_missing_thread_is_remote_not_found(store):
     with pytest.raises(RemoteNotFound):
         await store.load_messages(thread_id="thread_missing")
+    with pytest.raises(RemoteNotFound):
+        await store.load_recent_messages(thread_id="thread_missing", at_least=1)
     with pytest.raises(RemoteNotFound):
         await store.append_messages(thread_id="thread_missing", messages=outgoing(1))
 
