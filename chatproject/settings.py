@@ -245,6 +245,8 @@ SYNC_IN_PROCESS = env_bool("SYNC_IN_PROCESS", True)
 # A server process loads its active sinks' SDKs and first clients in the background when it
 # starts serving, so that no user's turn waits for that.
 SINK_WARM_UP = env_bool("SINK_WARM_UP", True)
+# The first health check of a server process waits this long at most for that warm-up.
+SINK_WARM_UP_WAIT_S = env_float("SINK_WARM_UP_WAIT_S", 10.0)
 SYNC_POLL_INTERVAL_S = env_float("SYNC_POLL_INTERVAL_S", 1.0)
 SYNC_BATCH_SIZE = env_int("SYNC_BATCH_SIZE", 20)  # messages per remote call batch
 SYNC_CLAIM_LIMIT = env_int("SYNC_CLAIM_LIMIT", 64)  # sessions a sender takes per pass

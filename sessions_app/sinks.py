@@ -212,6 +212,16 @@ def warm_up_sinks() -> None:
         _warm_up_thread.start()
 
 
+def warm_up_wait(timeout: float) -> bool:
+    """Wait at most `timeout` seconds for this process's warm-up to end; True once it has (or
+    when none was started)."""
+    thread = _warm_up_thread
+    if thread is None:
+        return True
+    thread.join(timeout)
+    return not thread.is_alive()
+
+
 def sink_get(name: str) -> Sink:
     for sink in all_sinks():
         if sink.name == name:

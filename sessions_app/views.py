@@ -2,6 +2,7 @@
 
 import logging
 
+from django.conf import settings
 from django.db import connection
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -21,7 +22,7 @@ from sessions_app.serializers import (
     SessionLookupSerializer,
     SessionSerializer,
 )
-from sessions_app.sinks import all_sinks
+from sessions_app.sinks import all_sinks, warm_up_wait
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +139,10 @@ class HealthView(APIView):
     )
     def get(self, request: Request) -> Response:
         """Liveness, database reachability, and whether each persistence sink takes turns (and
-        why not), for load balancers and operators."""
+        why not), for load balancers and operators. A process's first check waits (at most
+        SINK_WARM_UP_WAIT_S) for its sinks' warm-up, so that a readiness probe sends it traffic
+        only once a first turn would not wait for the SDK's start-up."""
+        warm_up_wait(settings.SINK_WARM_UP_WAIT_S)
         try:
             with connection.cursor() as cursor:
                 cursor.execute("SELECT 1")

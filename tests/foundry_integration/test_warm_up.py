@@ -1,7 +1,12 @@
 """A server process warms its active sinks up in the background, once, without calling them,
 so that no user's turn waits for the SDK's imports and first client."""
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
+from rest_framework.test import APIClient
 
 from foundry_integration.sink import FoundrySink
 from sessions_app import sinks
@@ -49,3 +54,31 @@ def test_switched_off_nothing_is_warmed_up(foundry, fresh_warm_up, settings):
     sinks.warm_up_sinks()
     assert sinks._warm_up_thread is None
     assert fresh_warm_up == []
+
+
+@pytest.fixture
+def slow_warm_up(monkeypatch, settings):
+    """A warm-up that lasts until the test releases it."""
+    settings.SINK_WARM_UP = True
+    monkeypatch.setattr(sinks, "_warm_up_thread", None)
+    release = threading.Event()
+    monkeypatch.setattr(FoundrySink, "warm_up", lambda self: release.wait(10))
+    yield release
+    release.set()
+
+
+def test_the_first_health_check_waits_for_the_warm_up(foundry, slow_warm_up):
+    sinks.warm_up_sinks()
+    with ThreadPoolExecutor(1) as pool:
+        health = pool.submit(APIClient().get, "/api/v1/health")
+        time.sleep(0.3)
+        assert not health.done()  # a readiness probe sends no traffic yet
+        slow_warm_up.set()
+        assert health.result(timeout=10).status_code == 200
+
+
+def test_a_warm_up_that_hangs_does_not_hold_health_for_long(foundry, slow_warm_up, settings):
+    settings.SINK_WARM_UP_WAIT_S = 0.2
+    sinks.warm_up_sinks()
+    assert APIClient().get("/api/v1/health").status_code == 200
+    assert sinks._warm_up_thread.is_alive()  # answered without waiting for the end
