@@ -1,9 +1,18 @@
 import pytest
 from django.contrib.auth import get_user_model
+from django.test import override_settings
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from foundry_integration.emulator import EmulatorServer
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fast_password_hashing():
+    # The production hasher costs about 0.3 s per password here, paid for every test user and
+    # login; the tests check who may sign in, not how passwords are stored.
+    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -19,7 +19,7 @@ TURNS = 20
 def server(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("live")
     env = server_env(tmp_path)
-    tokens = [manage(env, "create_api_user", f"user{n}").strip() for n in range(CLIENTS)]
+    tokens = manage(env, "create_api_user", *(f"user{n}" for n in range(CLIENTS))).split()
     with ServerProcess(env, tmp_path / "server.log") as process:
         process.tokens = tokens
         process.db_path = tmp_path / "db.sqlite3"

@@ -1,4 +1,5 @@
-"""`manage.py create_api_user NAME`: make (or reuse) a user and print its API token."""
+"""`manage.py create_api_user NAME [NAME ...]`: make (or reuse) users and print their API tokens,
+one line each, in the order given."""
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
@@ -6,15 +7,19 @@ from rest_framework.authtoken.models import Token
 
 
 class Command(BaseCommand):
-    help = "Create an API user (or reuse an existing one) and print its token."
+    help = "Create API users (or reuse existing ones) and print their tokens, one per line."
 
     def add_arguments(self, parser):
-        parser.add_argument("username")
+        parser.add_argument("usernames", nargs="+", metavar="username")
         parser.add_argument(
-            "--rotate", action="store_true", help="Replace the user's token with a new one."
+            "--rotate", action="store_true", help="Replace the users' tokens with new ones."
         )
 
-    def handle(self, *args, username: str, rotate: bool, **options):
+    def handle(self, *args, usernames: list[str], rotate: bool, **options):
+        for username in usernames:
+            self.stdout.write(self._token(username, rotate=rotate))
+
+    def _token(self, username: str, *, rotate: bool) -> str:
         User = get_user_model()
         user, created = User.objects.get_or_create(username=username)
         if created:
@@ -26,4 +31,4 @@ class Command(BaseCommand):
         token, _ = Token.objects.get_or_create(user=user)
         verb = "Created" if created else "Using existing"
         self.stderr.write(f"{verb} user {username!r}; its API token:")
-        self.stdout.write(token.key)
+        return token.key
