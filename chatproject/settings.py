@@ -7,6 +7,7 @@ Foundry threads off. Production sets `SECRET_KEY`, `DEBUG=false`, `ALLOWED_HOSTS
 
 import os
 import tempfile
+import urllib.request
 from pathlib import Path
 
 import dj_database_url
@@ -274,6 +275,12 @@ FOUNDRY_THREAD_API = os.environ.get("FOUNDRY_THREAD_API", "agents")
 FOUNDRY_CONNECT_TIMEOUT_S = env_float("FOUNDRY_CONNECT_TIMEOUT_S", 5.0)
 FOUNDRY_READ_TIMEOUT_S = env_float("FOUNDRY_READ_TIMEOUT_S", 15.0)
 FOUNDRY_SDK_RETRIES = env_int("FOUNDRY_SDK_RETRIES", 0)
+# The classic-threads SDK's HTTP client (aiohttp) uses HTTP(S)_PROXY only with its trust_env on,
+# which looks the proxy and ~/.netrc up in a worker thread on every request (over a third of the
+# SDK's CPU per message): on by default only where the environment names a proxy.
+FOUNDRY_PROXY_FROM_ENV = env_bool(
+    "FOUNDRY_PROXY_FROM_ENV", bool(urllib.request.getproxies_environment())
+)
 
 # Zep memory: on when both URL and key are set, whatever the Foundry flag says.
 # Cloud: the API root (https://api.getzep.com/api/v4; /api/v4 is added if missing).

@@ -25,6 +25,7 @@ def agents_client(config: FoundryConfig) -> tuple[AgentsClient, object | None]:
         "connection_timeout": config.connect_timeout,
         "read_timeout": config.read_timeout,
         "retry_total": config.sdk_retries,
+        "use_env_settings": config.proxy_from_env,
     }
     if config.plain_http:
         kwargs["per_call_policies"] = [AllowPlainHttpPolicy()]

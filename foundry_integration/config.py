@@ -20,6 +20,7 @@ class FoundryConfig:
     connect_timeout: float
     read_timeout: float
     sdk_retries: int
+    proxy_from_env: bool = False
 
     @classmethod
     def from_settings(cls) -> "FoundryConfig":
@@ -31,6 +32,7 @@ class FoundryConfig:
             connect_timeout=settings.FOUNDRY_CONNECT_TIMEOUT_S,
             read_timeout=settings.FOUNDRY_READ_TIMEOUT_S,
             sdk_retries=settings.FOUNDRY_SDK_RETRIES,
+            proxy_from_env=settings.FOUNDRY_PROXY_FROM_ENV,
         )
 
     @property
@@ -73,4 +75,5 @@ class FoundryConfig:
             "authentication": self.auth_method,
             "timeouts": f"connect {self.connect_timeout:g} s, read {self.read_timeout:g} s",
             "SDK retries": str(self.sdk_retries),
+            "proxy": "from the environment" if self.proxy_from_env else "none",
         }

@@ -4,11 +4,13 @@ import pytest
 
 from foundry_integration.config import FoundryConfig
 from foundry_integration.flag import forget_cached_flag
+from foundry_integration.sink import thread_store
 from foundry_integration.threads import thread_metadata, validate_metadata
 from sessions_app import services
 from sessions_app.models import SinkState
-from sessions_app.sinks import SessionInfo, sink_get
+from sessions_app.sinks import SessionInfo, SinkError, sink_get
 from tests.foundry_integration.conftest import flag_settings
+from tests.live import free_port
 
 
 def config(endpoint: str, project: str = "proj", **extra) -> FoundryConfig:
@@ -115,3 +117,25 @@ def test_flag_on_without_endpoint_runs_local_and_says_why(settings, user, client
     }
     assert sink_get("foundry").status().active is False
     forget_cached_flag()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("proxy_from_env", [False, True])
+async def test_a_proxy_in_the_environment_is_used_only_when_asked(
+    emulator, monkeypatch, proxy_from_env
+):
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    store = thread_store(
+        config(emulator.base_url, key="emulator-key", proxy_from_env=proxy_from_env)
+    )
+    try:
+        if proxy_from_env:
+            with pytest.raises(SinkError):
+                await store.create_thread(metadata={})
+            assert emulator.state.counters.total == 0
+        else:
+            assert (await store.create_thread(metadata={})).startswith("thread_")
+    finally:
+        await store.aclose()
