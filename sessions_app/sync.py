@@ -297,23 +297,27 @@ def record_delivered(
     worker: str,
     *,
     batch_done: bool = True,
+    release: bool = False,
 ) -> None:
-    """Receipts for delivered messages (a prefix of the pending ones) and the new high mark.
-    When the batch was cut short (`batch_done` false) it stays marked in flight, so the next
-    attempt checks the thread first: the failed message may have landed after all."""
+    """Receipts for delivered messages (a prefix of the pending ones) and the new high mark;
+    the sink answered, so its breaker closes. When the batch was cut short (`batch_done` false)
+    it stays marked in flight, so the next attempt checks the thread first: the failed message
+    may have landed after all. `release` ends the claim in the same write (release_state)."""
     delivered_seq = seqs[-1] if seqs else state.delivered_seq
     inflight_seq = None if batch_done else state.inflight_seq
     now = timezone.now()
+    released = _released(now) if release else {}
     if not _owned(state, worker).update(
-        delivered_seq=delivered_seq, inflight_seq=inflight_seq, synced_at=now
+        delivered_seq=delivered_seq, inflight_seq=inflight_seq, synced_at=now, **released
     ):
         raise ClaimLost(f"session {state.session_id} was claimed by another sender")
     SinkReceipt.objects.bulk_create(
         SinkReceipt(state=state, seq=seq, remote_id=remote_id)
         for seq, remote_id in zip(seqs, remote_ids, strict=True)
     )
+    # One write of the hot row that every sender shares: the count and the breaker together.
     SinkHealth.objects.filter(sink=state.sink).update(
-        delivered_total=F("delivered_total") + len(seqs)
+        delivered_total=F("delivered_total") + len(seqs), **_breaker_closed(now)
     )
     state.delivered_seq, state.inflight_seq, state.synced_at = delivered_seq, inflight_seq, now
 
@@ -328,19 +332,27 @@ def release_state(
     """End the claim (`worker` ''; a row nobody claimed): after success (error ''), due again at
     once if more is pending; after a failure, due again in `retry_in` seconds."""
     now = timezone.now()
-    released = {"claimed_by": "", "claimed_until": None}
     if error:
         SinkState.objects.filter(pk=state.pk, claimed_by=worker).update(
             attempts=F("attempts") + 1,
             last_error=error[:2000],
             last_error_at=now,
             next_attempt_at=now + timedelta(seconds=retry_in or 0),
-            **released,
+            claimed_by="",
+            claimed_until=None,
         )
     else:
-        SinkState.objects.filter(pk=state.pk, claimed_by=worker).update(
-            attempts=0, last_error="", next_attempt_at=now, **released
-        )
+        SinkState.objects.filter(pk=state.pk, claimed_by=worker).update(**_released(now))
+
+
+def _released(now) -> dict:
+    return {
+        "attempts": 0,
+        "last_error": "",
+        "next_attempt_at": now,
+        "claimed_by": "",
+        "claimed_until": None,
+    }
 
 
 def renew_leases(worker: str) -> None:
@@ -359,13 +371,15 @@ def release_deletion(deletion: RemoteDeletion, *, error: str, retry_in: float) -
     )
 
 
+def _breaker_closed(now) -> dict:
+    return {"consecutive_failures": 0, "open_until": None, "last_success_at": now}
+
+
 def record_sink_result(sink: Sink, error: str = "") -> None:
     """Feed the breaker: open it after SYNC_BREAKER_THRESHOLD failures in a row."""
     now = timezone.now()
     if not error:
-        SinkHealth.objects.filter(sink=sink.name).update(
-            consecutive_failures=0, open_until=None, last_success_at=now
-        )
+        SinkHealth.objects.filter(sink=sink.name).update(**_breaker_closed(now))
         return
     with transaction.atomic():
         health, _ = SinkHealth.objects.select_for_update().get_or_create(sink=sink.name)
@@ -521,10 +535,10 @@ class Sender:
     async def deliver(self, sink: Sink, state: SinkState) -> None:
         try:
             try:
-                await self._deliver(sink, state)
+                released = await self._deliver(sink, state)
             except RemoteNotFound as exc:
                 await self._replace_lost_thread(sink, state, exc)
-                await self._deliver(sink, state)
+                released = await self._deliver(sink, state)
         except ClaimLost as exc:
             logger.warning("Sync of session %s stopped: %s", state.session_id, exc)
             return
@@ -533,8 +547,9 @@ class Sender:
                 logger.exception("Unexpected error delivering session %s", state.session_id)
             await self._failed(sink, state, exc)
             return
-        await db(release_state)(state, worker=self.name)
-        await db(record_sink_result)(sink)
+        if not released:
+            await db(release_state)(state, worker=self.name)
+            await db(record_sink_result)(sink)
 
     async def _replace_lost_thread(self, sink: Sink, state: SinkState, exc: Exception) -> None:
         """The thread is gone remotely: start a new one and send the whole history again. The
@@ -559,7 +574,9 @@ class Sender:
         await db(reload_owned)(state, self.name)
         state.session.history_import_from = ""
 
-    async def _deliver(self, sink: Sink, state: SinkState) -> None:
+    async def _deliver(self, sink: Sink, state: SinkState) -> bool:
+        """Send what is pending, batch by batch; True when the last batch's write also ended
+        the claim and closed the breaker (what deliver does otherwise)."""
         if state.session.history_import_from == sink.name:
             await self._import_history(sink, state)
         if not state.remote_id:
@@ -577,7 +594,15 @@ class Sender:
                     state, done, exc.delivered_ids, self.name, batch_done=False
                 )
                 raise exc.cause from exc
-            await db(record_delivered)(state, [m.seq for m in messages], ids, self.name)
+            # Nothing past wanted_seq is sent in this claim: the batch that reaches it is the
+            # last, and no query is needed to find that out.
+            last = messages[-1].seq >= state.wanted_seq
+            await db(record_delivered)(
+                state, [m.seq for m in messages], ids, self.name, release=last
+            )
+            if last:
+                return True
+        return False
 
     async def _reconcile(self, sink: Sink, state: SinkState) -> None:
         """A sender died, or a call failed, while the batch up to `inflight_seq` was being sent:

@@ -117,6 +117,16 @@ class TestLifecycle:
         # One pass delivers the whole backlog in batches (one create + 20 messages).
         assert threads_created(foundry) == 1
         assert len(thread_messages(foundry, session("batched").foundry_thread_id)) == 20
+        # The last batch's write also ended the claim and counted the deliveries.
+        state = SinkState.objects.get()
+        assert (state.delivered_seq, state.claimed_by, state.claimed_until) == (20, "", None)
+        health = SinkHealth.objects.get()
+        assert health.delivered_total == 20
+        assert health.last_success_at is not None
+        # A later turn goes out on the next pass.
+        turns(user, "batched", 1, start=10)
+        assert sync_pass() == 1
+        assert SinkState.objects.get().delivered_seq == 22
 
     def test_conversation_continues_on_the_same_thread_after_a_restart(self, user, foundry):
         replies = turns(user, "restart", 3)
