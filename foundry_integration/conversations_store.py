@@ -113,7 +113,12 @@ class ConversationsThreadStore:
                 for m in chunk
             ]
             try:
-                created = await self.client.conversations.items.create(thread_id, items=items)
+                # The items go as extra_body, which the SDK documents to take precedence over
+                # the arguments: given as `items`, each is walked against every input item type
+                # the API knows, about 0.5 ms of CPU per message, more than the rest of the call.
+                created = await self.client.conversations.items.create(
+                    thread_id, items=[], extra_body={"items": items}
+                )
             except (TimeoutError, openai.OpenAIError, OSError) as exc:
                 error = sink_error(exc)
                 if ids:
