@@ -1,9 +1,11 @@
-"""The statements every chat turn runs, written as SQL.
+"""Helpers for the statements every chat turn runs, and every batch the sender delivers,
+written as SQL.
 
 Django's ORM takes 150-350 µs of CPU to build a query, more than SQLite or PostgreSQL take to
 run these; a turn runs a handful of them, so on the hot path that building was most of a
-turn's cost. The SQL below is the same on both databases (RETURNING needs SQLite 3.35, which
-chatproject.sqlite requires). Everything off the hot path uses the ORM.
+turn's cost (and, with the sender inside a server, of a delivery's). The SQL is the same on
+both databases (RETURNING needs SQLite 3.35, which chatproject.sqlite requires). Everything
+off those paths uses the ORM.
 """
 
 from collections.abc import Sequence

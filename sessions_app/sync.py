@@ -18,6 +18,7 @@ SYNC_IN_PROCESS); `manage.py foundry_sync` runs it as a worker process.
 
 import asyncio
 import atexit
+import functools
 import logging
 import os
 import random
@@ -26,14 +27,15 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import close_old_connections, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from sessions_app import sql
 from sessions_app.models import (
     ChatMessage,
     ChatSession,
@@ -274,18 +276,48 @@ def queue_deletion(sink_name: str, remote_id: str, session_key: str) -> None:
     )
 
 
+# Every delivered batch runs the statements below, so they are SQL, not the ORM (see
+# sessions_app.sql): with the sender inside a server, their building was CPU taken from turns.
+
+
 def pending_messages(state: SinkState, limit: int) -> list[OutgoingMessage]:
-    rows = ChatMessage.objects.filter(
-        session_id=state.session_id, seq__gt=state.delivered_seq, seq__lte=state.wanted_seq
-    ).order_by("seq")[:limit]
-    return [OutgoingMessage(m.seq, m.role, m.content, m.agent_id) for m in rows]
+    seq = sql.column(ChatMessage, "seq")
+    rows = sql.fetch_all(
+        f"SELECT {sql.columns(ChatMessage, ['seq', 'role', 'content', 'agent_id'])} "
+        f"FROM {sql.table(ChatMessage)} WHERE {sql.column(ChatMessage, 'session_id')} = %s "
+        f"AND {seq} > %s AND {seq} <= %s ORDER BY {seq} LIMIT %s",
+        [state.session_id, state.delivered_seq, state.wanted_seq, limit],
+    )
+    return [OutgoingMessage(*row) for row in rows]
+
+
+def next_batch(state: SinkState, limit: int, worker: str) -> list[OutgoingMessage]:
+    """The next pending messages (at most `limit`), marked in flight; [] when none are left."""
+    messages = pending_messages(state, limit)
+    if messages:
+        mark_inflight(state, messages[-1].seq, worker)
+    return messages
+
+
+def _update_owned(state: SinkState, worker: str, values: dict) -> None:
+    """UPDATE the claimed row with `values` (attname -> Python value); ClaimLost if the row is
+    not ours any more."""
+    col = functools.partial(sql.column, SinkState)
+    adapt = connection.ops.adapt_datetimefield_value
+    params = [adapt(v) if isinstance(v, datetime) else v for v in values.values()]
+    updated = sql.execute(
+        f"UPDATE {sql.table(SinkState)} SET {', '.join(f'{col(name)} = %s' for name in values)} "
+        f"WHERE {col('id')} = %s AND {col('claimed_by')} = %s",
+        [*params, state.pk, worker],
+    )
+    if not updated:
+        raise ClaimLost(f"session {state.session_id} was claimed by another sender")
 
 
 def mark_inflight(state: SinkState, seq: int, worker: str) -> None:
     """Note the batch about to be sent, and renew the lease; ClaimLost if it is not ours."""
     lease_end = timezone.now() + timedelta(seconds=settings.SYNC_LEASE_S)
-    if not _owned(state, worker).update(inflight_seq=seq, claimed_until=lease_end):
-        raise ClaimLost(f"session {state.session_id} was claimed by another sender")
+    _update_owned(state, worker, {"inflight_seq": seq, "claimed_until": lease_end})
     state.inflight_seq = seq
 
 
@@ -307,17 +339,34 @@ def record_delivered(
     inflight_seq = None if batch_done else state.inflight_seq
     now = timezone.now()
     released = _released(now) if release else {}
-    if not _owned(state, worker).update(
-        delivered_seq=delivered_seq, inflight_seq=inflight_seq, synced_at=now, **released
-    ):
-        raise ClaimLost(f"session {state.session_id} was claimed by another sender")
-    SinkReceipt.objects.bulk_create(
-        SinkReceipt(state=state, seq=seq, remote_id=remote_id)
-        for seq, remote_id in zip(seqs, remote_ids, strict=True)
+    _update_owned(
+        state,
+        worker,
+        {
+            "delivered_seq": delivered_seq,
+            "inflight_seq": inflight_seq,
+            "synced_at": now,
+            **released,
+        },
     )
+    if seqs:
+        receipt_columns = sql.columns(SinkReceipt, ["state_id", "seq", "remote_id"])
+        sql.execute(
+            f"INSERT INTO {sql.table(SinkReceipt)} ({receipt_columns}) "
+            f"VALUES {', '.join(['(%s, %s, %s)'] * len(seqs))}",
+            [
+                value
+                for seq, remote_id in zip(seqs, remote_ids, strict=True)
+                for value in (state.pk, seq, remote_id)
+            ],
+        )
     # One write of the hot row that every sender shares: the count and the breaker together.
-    SinkHealth.objects.filter(sink=state.sink).update(
-        delivered_total=F("delivered_total") + len(seqs), **_breaker_closed(now)
+    col = functools.partial(sql.column, SinkHealth)
+    sql.execute(
+        f"UPDATE {sql.table(SinkHealth)} SET {col('delivered_total')} = "
+        f"{col('delivered_total')} + %s, {col('consecutive_failures')} = 0, "
+        f"{col('open_until')} = NULL, {col('last_success_at')} = %s WHERE {col('sink')} = %s",
+        [len(seqs), connection.ops.adapt_datetimefield_value(now), state.sink],
     )
     state.delivered_seq, state.inflight_seq, state.synced_at = delivered_seq, inflight_seq, now
 
@@ -584,8 +633,7 @@ class Sender:
             await db(record_remote)(state, sink, remote_id, self.name)
         if state.inflight_seq is not None:
             await self._reconcile(sink, state)
-        while messages := await db(pending_messages)(state, settings.SYNC_BATCH_SIZE):
-            await db(mark_inflight)(state, messages[-1].seq, self.name)
+        while messages := await db(next_batch)(state, settings.SYNC_BATCH_SIZE, self.name):
             try:
                 ids = await sink.append(remote_id=state.remote_id, messages=messages)
             except AppendInterrupted as exc:
