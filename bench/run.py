@@ -441,7 +441,8 @@ def cold_start_foundry(
     reps: int,
 ) -> dict:
     """A session pointed (`manage.py foundry_import_thread`) at a thread of 2 x history_turns
-    messages on a fresh database; the first turn loads that history from the emulator."""
+    messages on a fresh database; the first turn reads its newest page from the emulator, and
+    the server's sender imports the whole thread."""
     emulator.set_latency(0)
     threads = [emulator.create_thread(history_messages(cfg.history_turns)) for _ in range(reps)]
     emulator.set_latency(latency_ms)

@@ -31,7 +31,7 @@ class ChatSession(models.Model):
     last_seq = models.PositiveIntegerField(default=0)
     user_turns = models.PositiveIntegerField(default=0)
     # Set (to a sink name) when the session was pointed at an existing remote thread whose
-    # history is not local yet; the next turn loads it first.
+    # history is not local yet; the next turn reads it (see sessions_app.remote_history).
     history_import_from = models.CharField(max_length=32, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

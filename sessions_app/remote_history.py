@@ -28,8 +28,6 @@ from sessions_app.sync import (
 
 logger = logging.getLogger(__name__)
 
-ROLES = {choice.value for choice in ChatMessage.Role}
-
 
 @dataclass(frozen=True)
 class ImportResult:
@@ -85,16 +83,20 @@ def import_pending(
         record_sink_result(sink, error)
         return unchanged
     if not recent.complete:
-        # The sender, woken by the reply, imports the whole thread.
+        # The sender imports the whole thread (the in-process one is woken by the reply).
         return ImportResult(
             session,
             user_message,
             [
-                HistoryMessage(m.role if m.role in ROLES else ChatMessage.Role.ASSISTANT, m.content)
+                HistoryMessage(
+                    m.role if m.role in ChatMessage.Role.values else "assistant", m.content
+                )
                 for m in recent.messages
             ],
         )
-    imported = history_insert(session_pk=session.pk, state=state, remote=recent.messages)
+    imported = history_insert(
+        session_pk=session.pk, state=state, remote_id=state.remote_id, remote=recent.messages
+    )
     if imported is None:  # another turn or the sender imported it meanwhile
         session.refresh_from_db()
         user_message.refresh_from_db()

@@ -29,15 +29,23 @@ def session_messages(*, session: ChatSession) -> QuerySet[ChatMessage]:
 
 
 def session_history_window(
-    *, session: ChatSession, before_seq: int, limit: int
+    *, session: ChatSession, before: ChatMessage, limit: int, stored_before: bool = False
 ) -> list[HistoryMessage]:
-    """The last `limit` messages before `before_seq`, oldest first: the context for an agent."""
-    # Every turn reads it: SQL, not the ORM (see sessions_app.sql).
-    seq = sql.column(ChatMessage, "seq")
+    """The last `limit` messages before the message `before` in the conversation, oldest first:
+    the context for an agent. With `stored_before`, only messages stored before it: not a
+    remote history imported since, which comes first in the conversation but later by id."""
+    # Every turn reads it: SQL, not the ORM (see sessions_app.sql). The message's seq is read
+    # in the same statement: an import renumbers every message of the session.
+    seq, pk = sql.column(ChatMessage, "seq"), sql.column(ChatMessage, "id")
+    bound = (
+        f"{pk} < %s"
+        if stored_before
+        else f"{seq} < (SELECT {seq} FROM {sql.table(ChatMessage)} WHERE {pk} = %s)"
+    )
     rows = sql.fetch_all(
         f"SELECT {sql.columns(ChatMessage, ['role', 'content'])} FROM {sql.table(ChatMessage)} "
-        f"WHERE {sql.column(ChatMessage, 'session_id')} = %s AND {seq} < %s "
+        f"WHERE {sql.column(ChatMessage, 'session_id')} = %s AND {bound} "
         f"ORDER BY {seq} DESC LIMIT %s",
-        [session.pk, before_seq, limit],
+        [session.pk, before.pk, limit],
     )
     return [HistoryMessage(role=role, content=content) for role, content in reversed(rows)]

@@ -76,8 +76,13 @@ def chat_turn(
         )
         session, user_message = imported.session, imported.user_message
         recent_remote = imported.recent
+    # With the newest page of a remote thread in hand, the rest of the context is the session's
+    # own messages: the sender may be putting the whole thread into the store meanwhile.
     history = selectors.session_history_window(
-        session=session, before_seq=user_message.seq, limit=settings.CHAT_HISTORY_WINDOW
+        session=session,
+        before=user_message,
+        limit=settings.CHAT_HISTORY_WINDOW,
+        stored_before=bool(recent_remote),
     )
     if recent_remote:
         history = [*recent_remote, *history][-settings.CHAT_HISTORY_WINDOW :]
@@ -243,8 +248,9 @@ def mark_pending(
 def session_attach_remote(
     *, user: AbstractBaseUser, key: dict, sink_name: str, remote_id: str
 ) -> ChatSession:
-    """Point a session (created if need be) at an existing remote thread; the session's next
-    turn loads the thread's history into the local store first."""
+    """Point a session (created if need be) at an existing remote thread; from the session's
+    next turn on, the thread's history is put into the local store before the session's own
+    messages (see sessions_app.remote_history)."""
     session, _ = ChatSession.objects.select_for_update().get_or_create(owner=user, **key)
     sink = sink_get(sink_name)
     state, _ = SinkState.objects.get_or_create(session=session, sink=sink_name)

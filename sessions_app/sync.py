@@ -208,30 +208,36 @@ def record_remote(state: SinkState, sink: Sink, remote_id: str | None, worker: s
 
 # Moves local sequence numbers out of the way for a moment; far above any real one.
 _SEQ_SHIFT = 1_000_000_000
-_ROLES = {choice.value for choice in ChatMessage.Role}
 
 
 @transaction.atomic
 def history_insert(
-    *, session_pk: int, state: SinkState, remote: Sequence[RemoteMessage]
+    *, session_pk: int, state: SinkState, remote_id: str, remote: Sequence[RemoteMessage]
 ) -> ChatSession | None:
-    """Put the whole remote thread (`remote`, oldest first) before the session's local messages:
-    numbered from 1 with receipts, so it counts as delivered, and the local messages after it.
-    Returns the session, or None when its history was imported already (by another turn or
-    sender) and nothing was written."""
+    """Put the whole remote thread `remote_id` (its messages `remote`, oldest first) before the
+    session's local messages: numbered from 1 with receipts, so it counts as delivered, and the
+    local messages after it; the other sinks' marks move with them. Returns the session, or
+    None when nothing was written: the history was imported already (by another turn or
+    sender), or the session points at another thread now."""
     session = ChatSession.objects.select_for_update().filter(pk=session_pk).first()
     if session is None or session.history_import_from != state.sink:
         return None
+    if not SinkState.objects.filter(pk=state.pk, remote_id=remote_id).exists():
+        return None
     count = len(remote)
-    local = ChatMessage.objects.filter(session=session)
-    # Two steps, so that no intermediate sequence number collides (the constraint is per row).
-    local.update(seq=F("seq") + _SEQ_SHIFT)
-    local.update(seq=F("seq") - _SEQ_SHIFT + count)
+    _shift(ChatMessage.objects.filter(session=session), count)
+    # What another sink holds stays its own (its marks and receipts move with the messages); a
+    # sink that holds nothing yet is sent the imported history too.
+    others = SinkState.objects.filter(session=session).exclude(pk=state.pk)
+    others.filter(wanted_seq__gt=0).update(wanted_seq=F("wanted_seq") + count)
+    others.filter(delivered_seq__gt=0).update(delivered_seq=F("delivered_seq") + count)
+    others.filter(inflight_seq__isnull=False).update(inflight_seq=F("inflight_seq") + count)
+    _shift(SinkReceipt.objects.filter(state__in=others), count)
     ChatMessage.objects.bulk_create(
         ChatMessage(
             session=session,
             seq=seq,
-            role=message.role if message.role in _ROLES else ChatMessage.Role.ASSISTANT,
+            role=message.role if message.role in ChatMessage.Role.values else "assistant",
             content=message.content,
             agent_id=session.agent_id,
         )
@@ -249,6 +255,13 @@ def history_insert(
         delivered_seq=count, inflight_seq=None, wanted_seq=session.last_seq
     )
     return session
+
+
+def _shift(rows, count: int) -> None:
+    """Add `count` to the `seq` of `rows`, in two steps so that no intermediate number collides
+    (unique constraints are checked per row)."""
+    rows.update(seq=F("seq") + _SEQ_SHIFT)
+    rows.update(seq=F("seq") - _SEQ_SHIFT + count)
 
 
 @transaction.atomic
@@ -276,8 +289,9 @@ def queue_deletion(sink_name: str, remote_id: str, session_key: str) -> None:
     )
 
 
-# Every delivered batch runs the statements below, so they are SQL, not the ORM (see
-# sessions_app.sql): with the sender inside a server, their building was CPU taken from turns.
+# Every delivered batch runs pending_messages, mark_inflight and record_delivered, so they are
+# SQL, not the ORM (see sessions_app.sql): with the sender inside a server, building them was
+# CPU taken from the turns.
 
 
 def pending_messages(state: SinkState, limit: int) -> list[OutgoingMessage]:
@@ -332,9 +346,10 @@ def record_delivered(
     release: bool = False,
 ) -> None:
     """Receipts for delivered messages (a prefix of the pending ones) and the new high mark;
-    the sink answered, so its breaker closes. When the batch was cut short (`batch_done` false)
-    it stays marked in flight, so the next attempt checks the thread first: the failed message
-    may have landed after all. `release` ends the claim in the same write (release_state)."""
+    the sink took the batch, so its breaker closes. When the batch was cut short (`batch_done`
+    false) it stays marked in flight, so the next attempt checks the thread first: the failed
+    message may have landed after all; the breaker is left to the failure. `release` ends the
+    claim in the same write (release_state)."""
     delivered_seq = seqs[-1] if seqs else state.delivered_seq
     inflight_seq = None if batch_done else state.inflight_seq
     now = timezone.now()
@@ -360,13 +375,21 @@ def record_delivered(
                 for value in (state.pk, seq, remote_id)
             ],
         )
-    # One write of the hot row that every sender shares: the count and the breaker together.
+    # One write of the hot row that every sender shares: the count and, after a whole batch,
+    # the breaker (a batch cut short is a failure, which the caller records next).
     col = functools.partial(sql.column, SinkHealth)
+    closed = (
+        f", {col('consecutive_failures')} = 0, {col('open_until')} = NULL, "
+        f"{col('last_success_at')} = %s"
+    )
     sql.execute(
         f"UPDATE {sql.table(SinkHealth)} SET {col('delivered_total')} = "
-        f"{col('delivered_total')} + %s, {col('consecutive_failures')} = 0, "
-        f"{col('open_until')} = NULL, {col('last_success_at')} = %s WHERE {col('sink')} = %s",
-        [len(seqs), connection.ops.adapt_datetimefield_value(now), state.sink],
+        f"{col('delivered_total')} + %s{closed if batch_done else ''} WHERE {col('sink')} = %s",
+        [
+            len(seqs),
+            *([connection.ops.adapt_datetimefield_value(now)] if batch_done else []),
+            state.sink,
+        ],
     )
     state.delivered_seq, state.inflight_seq, state.synced_at = delivered_seq, inflight_seq, now
 
@@ -420,15 +443,13 @@ def release_deletion(deletion: RemoteDeletion, *, error: str, retry_in: float) -
     )
 
 
-def _breaker_closed(now) -> dict:
-    return {"consecutive_failures": 0, "open_until": None, "last_success_at": now}
-
-
 def record_sink_result(sink: Sink, error: str = "") -> None:
     """Feed the breaker: open it after SYNC_BREAKER_THRESHOLD failures in a row."""
     now = timezone.now()
     if not error:
-        SinkHealth.objects.filter(sink=sink.name).update(**_breaker_closed(now))
+        SinkHealth.objects.filter(sink=sink.name).update(
+            consecutive_failures=0, open_until=None, last_success_at=now
+        )
         return
     with transaction.atomic():
         health, _ = SinkHealth.objects.select_for_update().get_or_create(sink=sink.name)
@@ -451,6 +472,7 @@ def record_sink_result(sink: Sink, error: str = "") -> None:
 
 
 def log_thread_lost(sink: Sink, remote_id: str | None, exc: Exception) -> None:
+    """The design's log line for a remote thread that is gone (a new one follows)."""
     logger.warning(
         "Failed to load context from %s thread %s: %s; creating a new thread",
         sink.label,
@@ -616,10 +638,14 @@ class Sender:
                 raise RemoteNotFound("no thread to import from")
             remote = await sink.load(remote_id=state.remote_id)
         except RemoteNotFound as exc:
-            log_thread_lost(sink, state.remote_id, exc)
+            # Not queued for deletion: the thread was never this session's own.
+            if state.remote_id:
+                log_thread_lost(sink, state.remote_id, exc)
             await db(history_forget)(state=state, sink=sink)
         else:
-            await db(history_insert)(session_pk=state.session_id, state=state, remote=remote)
+            await db(history_insert)(
+                session_pk=state.session_id, state=state, remote_id=state.remote_id, remote=remote
+            )
         await db(reload_owned)(state, self.name)
         state.session.history_import_from = ""
 

@@ -1,5 +1,6 @@
-"""A session pointed at an existing Foundry thread (a fresh database, an import) loads that
-history on its next turn, then carries on on the same thread."""
+"""A session pointed at an existing Foundry thread (a fresh database, an import) gets that
+history from its next turn on (at once for a short thread, through the sender for a longer one),
+then carries on on the same thread."""
 
 import asyncio
 import logging
@@ -250,10 +251,11 @@ def test_background_import_of_a_lost_thread_starts_a_new_one(user, foundry, capl
     ]
 
 
-def test_a_sender_whose_claim_went_stale_does_not_import_twice(user, foundry, settings):
+def test_a_sender_holding_old_session_data_does_not_import_twice(user, foundry, settings):
     settings.SYNC_BACKOFF_BASE_S = 60
     thread_id = remote_thread(2)
     call_command("foundry_import_thread", "alice", "stale", thread_id)
+    # The sender's claim stays valid; what it read with it (the session to import) goes stale.
     foundry.state.fail_next = 1
     services.chat_turn(user=user, message="while down", session_id="stale")
     SinkState.objects.update(next_attempt_at=timezone.now())
@@ -274,3 +276,24 @@ def test_a_sender_whose_claim_went_stale_does_not_import_twice(user, foundry, se
     rows = history("stale")
     assert len(rows) == 8
     assert thread_messages(foundry, thread_id) == [(role, content) for _, role, content in rows]
+
+
+def test_an_import_finishing_during_a_turn_leaves_its_context_right(user, foundry, monkeypatch):
+    from sessions_app import remote_history
+
+    thread_id = remote_thread(60)
+    call_command("foundry_import_thread", "alice", "racing-import", thread_id)
+    services.chat_turn(user=user, message="one", session_id="racing-import")
+    read_newest_page = remote_history.import_pending
+
+    def then_the_sender_imports(**kwargs):
+        result = read_newest_page(**kwargs)
+        drain()  # the whole thread goes in, renumbering every message, before the turn reads
+        return result
+
+    monkeypatch.setattr(remote_history, "import_pending", then_the_sender_imports)
+    second = services.chat_turn(user=user, message="two", session_id="racing-import")
+    assert second.reply == 'You said "two". Earlier you said "one".'
+    rows = history("racing-import")
+    assert [content for _, _, content in rows[120:]][-2:] == ["two", second.reply]
+    assert len(rows) == 124

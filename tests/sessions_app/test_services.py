@@ -67,7 +67,8 @@ def test_history_window_is_the_latest_messages_oldest_first(user, settings):
         turn = services.chat_turn(user=user, message=f"m{n}", session_id="w")
     from sessions_app.selectors import session_history_window
 
-    window = session_history_window(session=turn.session, before_seq=8, limit=3)
+    eighth = ChatMessage.objects.get(session=turn.session, seq=8)
+    window = session_history_window(session=turn.session, before=eighth, limit=3)
     assert [(m.role, m.content) for m in window] == [
         ("user", "m2"),
         ("assistant", 'Turn 3: you said "m2". Earlier you said "m1".'),

@@ -77,3 +77,45 @@ def test_a_sink_switched_on_mid_session_gets_the_whole_session(user, both, emula
         "m1",
         "m2",
     ]
+
+
+@pytest.mark.parametrize("zep", ["cloud"], indirect=True)
+def test_an_imported_foundry_thread_reaches_zep_too(user, both, emulator, zep):
+    from django.core.management import call_command
+
+    from tests.foundry_integration.conftest import drain
+    from tests.foundry_integration.test_history_import import history, remote_thread
+
+    thread_id = remote_thread(60)  # longer than one page: the sender imports it
+    call_command("foundry_import_thread", "alice", "imported", thread_id)
+    services.chat_turn(user=user, message="new", session_id="imported")
+    drain()
+    # Zep had nothing of the session yet: it gets the imported history and the new turn.
+    rows = [(role, content) for _, role, content in history("imported")]
+    assert len(rows) == 122
+    assert zep_messages(zep, SinkState.objects.get(sink="zep").remote_id) == rows
+    assert thread_messages(emulator, thread_id) == rows
+
+
+@pytest.mark.parametrize("zep", ["cloud"], indirect=True)
+def test_what_zep_holds_keeps_its_place_when_a_thread_is_imported(user, both, emulator, zep):
+    from django.core.management import call_command
+
+    from tests.foundry_integration.conftest import drain
+    from tests.foundry_integration.test_history_import import history, remote_thread
+
+    services.chat_turn(user=user, message="before", session_id="mixed")
+    drain()
+    zep_thread = SinkState.objects.get(sink="zep").remote_id
+    thread_id = remote_thread(60)
+    call_command("foundry_import_thread", "alice", "mixed", thread_id)
+    after = services.chat_turn(user=user, message="after", session_id="mixed")
+    drain()
+    rows = history("mixed")
+    assert [seq for seq, _, _ in rows] == list(range(1, 125))
+    # Zep keeps what it had and gets the new turn once; Foundry's history is not resent there.
+    assert [content for _, content in zep_messages(zep, zep_thread)][::2] == ["before", "after"]
+    assert zep_messages(zep, zep_thread)[-1] == ("assistant", after.reply)
+    zep_state = SinkState.objects.get(sink="zep")
+    assert zep_state.delivered_seq == zep_state.wanted_seq == 124
+    assert sorted(zep_state.receipts.values_list("seq", flat=True)) == [121, 122, 123, 124]

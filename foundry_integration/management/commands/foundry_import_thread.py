@@ -1,6 +1,8 @@
 """`manage.py foundry_import_thread USER SESSION_ID THREAD_ID`: point a session at an existing
-Foundry thread (a move to a new database, a thread made elsewhere). The session's next turn loads
-the thread's messages into the local store first and then carries on on that thread."""
+Foundry thread (a move to a new database, a thread made elsewhere). The session's next turn reads
+the thread's newest page; the thread's messages go into the local store before the session's
+own (at once for a short thread, else through the background sender), and the session then
+carries on on that thread."""
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -12,7 +14,9 @@ from sessions_app.models import identifier_validator
 
 
 class Command(BaseCommand):
-    help = "Point a chat session at an existing Foundry thread; its history loads on next use."
+    help = (
+        "Point a chat session at an existing Foundry thread; its history loads from its next turn."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("username")
@@ -37,5 +41,5 @@ class Command(BaseCommand):
         )
         self.stdout.write(
             f"Session {session.session_key} now uses Foundry thread {thread_id}; "
-            "its history loads on the next turn."
+            "its history loads from the next turn on."
         )
