@@ -8,6 +8,7 @@ calls the sink's async methods to deliver them.
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -212,13 +213,20 @@ def warm_up_sinks() -> None:
         _warm_up_thread.start()
 
 
+_warm_up_waited_until: float | None = None
+
+
 def warm_up_wait(timeout: float) -> bool:
-    """Wait at most `timeout` seconds for this process's warm-up to end; True once it has (or
-    when none was started)."""
+    """Wait for this process's warm-up to end, at most `timeout` seconds after the first call
+    (later calls wait only for what is left of that, then not at all); True once it has ended
+    (or when none was started)."""
+    global _warm_up_waited_until
     thread = _warm_up_thread
     if thread is None:
         return True
-    thread.join(timeout)
+    if _warm_up_waited_until is None:
+        _warm_up_waited_until = time.monotonic() + timeout
+    thread.join(max(0.0, _warm_up_waited_until - time.monotonic()))
     return not thread.is_alive()
 
 

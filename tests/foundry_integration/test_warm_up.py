@@ -61,6 +61,7 @@ def slow_warm_up(monkeypatch, settings):
     """A warm-up that lasts until the test releases it."""
     settings.SINK_WARM_UP = True
     monkeypatch.setattr(sinks, "_warm_up_thread", None)
+    monkeypatch.setattr(sinks, "_warm_up_waited_until", None)
     release = threading.Event()
     monkeypatch.setattr(FoundrySink, "warm_up", lambda self: release.wait(10))
     yield release
@@ -82,3 +83,9 @@ def test_a_warm_up_that_hangs_does_not_hold_health_for_long(foundry, slow_warm_u
     sinks.warm_up_sinks()
     assert APIClient().get("/api/v1/health").status_code == 200
     assert sinks._warm_up_thread.is_alive()  # answered without waiting for the end
+    # Later checks do not wait again: a liveness probe is answered at once.
+    settings.SINK_WARM_UP_WAIT_S = 60
+    with ThreadPoolExecutor(1) as pool:
+        health = pool.submit(APIClient().get, "/api/v1/health")
+        assert health.result(timeout=10).status_code == 200
+    assert sinks._warm_up_thread.is_alive()
