@@ -279,7 +279,7 @@ FOUNDRY_SDK_RETRIES = env_int("FOUNDRY_SDK_RETRIES", 0)
 # which looks the proxy and ~/.netrc up in a worker thread on every request (over a third of the
 # SDK's CPU per message): on by default only where the environment names a proxy.
 FOUNDRY_PROXY_FROM_ENV = env_bool(
-    "FOUNDRY_PROXY_FROM_ENV", bool(urllib.request.getproxies_environment())
+    "FOUNDRY_PROXY_FROM_ENV", bool(set(urllib.request.getproxies_environment()) - {"no"})
 )
 
 # Zep memory: on when both URL and key are set, whatever the Foundry flag says.

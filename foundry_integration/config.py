@@ -20,7 +20,7 @@ class FoundryConfig:
     connect_timeout: float
     read_timeout: float
     sdk_retries: int
-    proxy_from_env: bool = False
+    proxy_from_env: bool
 
     @classmethod
     def from_settings(cls) -> "FoundryConfig":
@@ -75,5 +75,6 @@ class FoundryConfig:
             "authentication": self.auth_method,
             "timeouts": f"connect {self.connect_timeout:g} s, read {self.read_timeout:g} s",
             "SDK retries": str(self.sdk_retries),
-            "proxy": "from the environment" if self.proxy_from_env else "none",
+            # The conversations API's client (httpx) reads the environment's proxy on its own.
+            "proxy (threads API)": "from the environment" if self.proxy_from_env else "none",
         }

@@ -20,6 +20,7 @@ def config(endpoint: str, project: str = "proj", **extra) -> FoundryConfig:
         "connect_timeout": 1,
         "read_timeout": 1,
         "sdk_retries": 0,
+        "proxy_from_env": False,
     }
     return FoundryConfig(endpoint=endpoint, project=project, **{**values, **extra})
 

@@ -30,6 +30,7 @@ async def store(request, emulator):
         connect_timeout=2,
         read_timeout=2,
         sdk_retries=0,
+        proxy_from_env=False,
     )
     store = thread_store(config)
     assert store.api == request.param
