@@ -9,7 +9,7 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from sessions_app import services
+from sessions_app import remote_history, services
 from sessions_app.models import ChatMessage, ChatSession, SinkState
 from sessions_app.sinks import OutgoingMessage, SessionInfo, sink_get
 from sessions_app.sync import Sender, claim_states
@@ -126,7 +126,6 @@ def test_import_refuses_unknown_user_and_bad_ids(user):
 
 
 def test_two_first_turns_racing_import_once(user, foundry):
-    from sessions_app import remote_history
     from sessions_app.sinks import active_sinks
 
     thread_id = remote_thread(1)
@@ -279,8 +278,6 @@ def test_a_sender_holding_old_session_data_does_not_import_twice(user, foundry, 
 
 
 def test_an_import_finishing_during_a_turn_leaves_its_context_right(user, foundry, monkeypatch):
-    from sessions_app import remote_history
-
     thread_id = remote_thread(60)
     call_command("foundry_import_thread", "alice", "racing-import", thread_id)
     services.chat_turn(user=user, message="one", session_id="racing-import")
@@ -297,3 +294,23 @@ def test_an_import_finishing_during_a_turn_leaves_its_context_right(user, foundr
     rows = history("racing-import")
     assert [content for _, _, content in rows[120:]][-2:] == ["two", second.reply]
     assert len(rows) == 124
+
+
+def test_a_turn_reading_the_thread_wakes_the_sender_only_with_its_reply(user, foundry, monkeypatch):
+    from sessions_app import sync
+
+    thread_id = remote_thread(60)
+    call_command("foundry_import_thread", "alice", "quiet", thread_id)
+    wakes = []
+    real_read = remote_history.import_pending
+
+    def read_and_note_the_wake(**kwargs):
+        # Woken now, the sender would read the same thread while this turn reads it.
+        wakes.append(sync._wake.is_set())
+        return real_read(**kwargs)
+
+    monkeypatch.setattr(remote_history, "import_pending", read_and_note_the_wake)
+    sync._wake.clear()
+    services.chat_turn(user=user, message="hello", session_id="quiet")
+    assert wakes == [False]
+    assert sync._wake.is_set()  # the reply's commit woke it
