@@ -14,7 +14,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from sessions_app.agents import HistoryMessage
-from sessions_app.models import ChatMessage, ChatSession, SinkState
+from sessions_app.models import ChatSession, SinkState
 from sessions_app.sinks import RecentMessages, RemoteNotFound, Sink, SinkError
 from sessions_app.sync import (
     backoff_delay,
@@ -24,6 +24,7 @@ from sessions_app.sync import (
     log_thread_lost,
     record_sink_result,
     release_state,
+    stored_role,
 )
 
 logger = logging.getLogger(__name__)
@@ -32,8 +33,6 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ImportResult:
     session: ChatSession
-    # The user's message, renumbered when the history was put before it.
-    user_message: ChatMessage
     # While the older history is not local yet: the thread's newest messages, oldest first.
     recent: list[HistoryMessage]
 
@@ -45,9 +44,7 @@ async def _load_recent(sink: Sink, remote_id: str, at_least: int) -> RecentMessa
         await sink.aclose()
 
 
-def import_pending(
-    *, session: ChatSession, user_message: ChatMessage, sinks: list[Sink]
-) -> ImportResult:
+def import_pending(*, session: ChatSession, sinks: list[Sink]) -> ImportResult:
     """Put the remote history before the session's local messages, or, for a thread longer than
     one page, give this turn the newest messages and leave the rest to the sender.
 
@@ -56,7 +53,7 @@ def import_pending(
     the turn go on with the local history (the next turn tries again). A lost thread is
     replaced by a new one, which the sender creates and fills with the local history.
     """
-    unchanged = ImportResult(session, user_message, [])
+    unchanged = ImportResult(session, [])
     sink = next((s for s in sinks if s.name == session.history_import_from), None)
     if sink is None:
         return unchanged
@@ -73,7 +70,7 @@ def import_pending(
         log_thread_lost(sink, state.remote_id, exc)
         history_forget(state=state, sink=sink)
         session.refresh_from_db()
-        return ImportResult(session, user_message, [])
+        return unchanged
     except Exception as exc:
         error = str(exc) if isinstance(exc, SinkError) else f"{type(exc).__name__}: {exc}"
         logger.warning(
@@ -85,22 +82,13 @@ def import_pending(
     if not recent.complete:
         # The sender imports the whole thread (the in-process one is woken by the reply).
         return ImportResult(
-            session,
-            user_message,
-            [
-                HistoryMessage(
-                    m.role if m.role in ChatMessage.Role.values else "assistant", m.content
-                )
-                for m in recent.messages
-            ],
+            session, [HistoryMessage(stored_role(m.role), m.content) for m in recent.messages]
         )
     imported = history_insert(
         session_pk=session.pk, state=state, remote_id=state.remote_id, remote=recent.messages
     )
     if imported is None:  # another turn or the sender imported it meanwhile
         session.refresh_from_db()
-        user_message.refresh_from_db()
-        return ImportResult(session, user_message, [])
+        return unchanged
     imported.owner = session.owner
-    user_message.seq += len(recent.messages)
-    return ImportResult(imported, user_message, [])
+    return ImportResult(imported, [])

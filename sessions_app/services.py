@@ -71,11 +71,8 @@ def chat_turn(
     )
     recent_remote: list[HistoryMessage] = []
     if session.history_import_from:
-        imported = remote_history.import_pending(
-            session=session, user_message=user_message, sinks=sinks
-        )
-        session, user_message = imported.session, imported.user_message
-        recent_remote = imported.recent
+        imported = remote_history.import_pending(session=session, sinks=sinks)
+        session, recent_remote = imported.session, imported.recent
     # With the newest page of a remote thread in hand, the rest of the context is the session's
     # own messages: the sender may be putting the whole thread into the store meanwhile.
     history = selectors.session_history_window(

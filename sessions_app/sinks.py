@@ -216,18 +216,16 @@ def warm_up_sinks() -> None:
 _warm_up_waited_until: float | None = None
 
 
-def warm_up_wait(timeout: float) -> bool:
+def warm_up_wait(timeout: float) -> None:
     """Wait for this process's warm-up to end, at most `timeout` seconds after the first call
-    (later calls wait only for what is left of that, then not at all); True once it has ended
-    (or when none was started)."""
+    (later calls wait only for what is left of that, then not at all)."""
     global _warm_up_waited_until
     thread = _warm_up_thread
     if thread is None:
-        return True
+        return
     if _warm_up_waited_until is None:
         _warm_up_waited_until = time.monotonic() + timeout
     thread.join(max(0.0, _warm_up_waited_until - time.monotonic()))
-    return not thread.is_alive()
 
 
 def sink_get(name: str) -> Sink:

@@ -206,6 +206,11 @@ def record_remote(state: SinkState, sink: Sink, remote_id: str | None, worker: s
     state.inflight_seq = None
 
 
+def stored_role(role: str) -> str:
+    """A remote message's role as the local store keeps it (an unknown one as assistant)."""
+    return role if role in ChatMessage.Role.values else ChatMessage.Role.ASSISTANT
+
+
 # Moves local sequence numbers out of the way for a moment; far above any real one.
 _SEQ_SHIFT = 1_000_000_000
 
@@ -237,7 +242,7 @@ def history_insert(
         ChatMessage(
             session=session,
             seq=seq,
-            role=message.role if message.role in ChatMessage.Role.values else "assistant",
+            role=stored_role(message.role),
             content=message.content,
             agent_id=session.agent_id,
         )

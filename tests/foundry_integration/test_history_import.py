@@ -133,8 +133,7 @@ def test_two_first_turns_racing_import_once(user, foundry):
     stale = ChatSession.objects.get(session_id="racing")
     services.chat_turn(user=user, message="first tab", session_id="racing")
     # The second tab loaded the thread too, before the first one's import committed.
-    message = ChatMessage.objects.filter(session=stale).order_by("-seq").first()
-    remote_history.import_pending(session=stale, user_message=message, sinks=active_sinks())
+    remote_history.import_pending(session=stale, sinks=active_sinks())
     assert [c for _, _, c in history("racing")][:3] == [
         "old question 0",
         "old answer 0",

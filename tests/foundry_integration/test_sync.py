@@ -117,7 +117,7 @@ class TestLifecycle:
         # One pass delivers the whole backlog in batches (one create + 20 messages).
         assert threads_created(foundry) == 1
         assert len(thread_messages(foundry, session("batched").foundry_thread_id)) == 20
-        # The last batch's write also ended the claim and counted the deliveries.
+        # After the pass the claim is ended and the deliveries are counted.
         state = SinkState.objects.get()
         assert (state.delivered_seq, state.claimed_by, state.claimed_until) == (20, "", None)
         health = SinkHealth.objects.get()
