@@ -1,12 +1,18 @@
 """ASGI middleware in front of Django."""
 
+import asyncio
 import json
 from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.core.handlers.asgi import ASGIHandler
+from django.core import signals
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.db import close_old_connections
+from django.http import FileResponse
+from django.http.response import HttpResponseBase
+from django.urls import set_script_prefix
 
 from sessions_app.errors import error_body
 from sessions_app.sinks import warm_up_sinks
@@ -77,9 +83,12 @@ class RequestBodyLimit:
 class PooledSyncASGIHandler(ASGIHandler):
     """Django's ASGI handler for a site whose middleware and views are synchronous (DRF, the
     admin). Django would run each middleware step and the view in a hop of its own to a thread
-    made for the request; here the whole chain runs in one hop to a bounded, long-lived thread
-    pool, whose threads keep their database connections between requests (CONN_MAX_AGE).
-    SERVER_SYNC_THREADS bounds how many requests run at once in a process."""
+    made for the request, and the request_started/finished receivers and response.close() in
+    hops of their own to another thread. Here a request is one hop to a bounded, long-lived
+    thread pool, which runs all of it as a WSGI server would: the receivers, the middleware and
+    the view, in the thread that owns the request's database connections (kept between
+    requests, CONN_MAX_AGE). SERVER_SYNC_THREADS bounds how many requests run at once in a
+    process."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -93,21 +102,62 @@ class PooledSyncASGIHandler(ASGIHandler):
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
-        # Django wraps each request in a ThreadSensitiveContext, which starts a thread for the
-        # request and joins it afterwards. Here the request's work runs in the pool; all that
-        # is left thread-sensitive is the request_started/finished receivers and
-        # response.close(), which share asgiref's one long-lived thread instead.
         await self.handle(scope, receive, send)
 
-    async def get_response_async(self, request):
-        return await sync_to_async(
-            self._get_response_in_pool, thread_sensitive=False, executor=self.executor
-        )(request)
-
-    def _get_response_in_pool(self, request):
-        # What request_started/finished do under WSGI, in the thread that owns the connections.
-        close_old_connections()
+    async def handle(self, scope, receive, send):
+        """Django's ASGIHandler.handle with the request's synchronous work in one hop."""
         try:
-            return self.get_response(request)
-        finally:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        # The view runs to its end even if the client goes: a thread cannot be interrupted, and
+        # what it made must be closed.
+        work = asyncio.ensure_future(self._in_pool(self._serve, scope, body_file))
+
+        async def process_request():
+            response = await asyncio.shield(work)
+            try:
+                await self.send_response(response, send)
+            except asyncio.CancelledError:
+                pass  # the client disconnected during the send
+
+        # As Django does: a disconnect stops the sending (of a streamed body especially).
+        tasks = [
+            asyncio.create_task(self.listen_for_disconnect(receive)),
+            asyncio.create_task(process_request()),
+        ]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+            try:
+                await task
+            except (RequestAborted, asyncio.CancelledError):
+                pass
+        response = await work
+        if response.streaming:
+            # Sent only now: close it, which ends the request, after its last chunk.
+            await self._in_pool(response.close)
+        body_file.close()
+
+    def _in_pool(self, func, *args):
+        return sync_to_async(func, thread_sensitive=False, executor=self.executor)(*args)
+
+    def _serve(self, scope, body_file) -> HttpResponseBase:
+        signals.request_started.send(sender=self.__class__, scope=scope)
+        request, response = self.create_request(scope, body_file)
+        if request is not None:
+            response = self.get_response(request)
+            response._handler_class = self.__class__
+            if isinstance(response, FileResponse):
+                response.block_size = self.chunk_size
+        if response.streaming:
+            # It is closed once sent, maybe in another thread: give back this one's database
+            # connections now, as request_finished would.
             close_old_connections()
+        else:
+            # The body is in memory: end the request here (request_finished), in this thread,
+            # as WSGI would once the body is sent.
+            response.close()
+        return response
