@@ -27,6 +27,8 @@ API_ROLES = {"user", "assistant", "system"}
 
 
 def sink_error(exc: Exception) -> SinkError:
+    if isinstance(exc, SinkError):
+        return exc
     if isinstance(exc, openai.NotFoundError):
         return RemoteNotFound(_describe(exc))
     if isinstance(exc, openai.RateLimitError):
@@ -51,6 +53,14 @@ def _describe(exc: Exception) -> str:
 
 def _text(item) -> str:
     return "".join(getattr(part, "text", "") or "" for part in getattr(item, "content", None) or [])
+
+
+def _created_ids(created, count: int) -> list[str]:
+    """The ids of the `count` items a create call's reply lists, in order."""
+    ids = [getattr(item, "id", None) for item in getattr(created, "data", None) or []]
+    if len(ids) != count or not all(isinstance(i, str) and i for i in ids):
+        raise SinkError(f"the reply names {len(ids)} item ids for {count} items sent")
+    return ids
 
 
 class ConversationsThreadStore:
@@ -119,12 +129,12 @@ class ConversationsThreadStore:
                 created = await self.client.conversations.items.create(
                     thread_id, items=[], extra_body={"items": items}
                 )
-            except (TimeoutError, openai.OpenAIError, OSError) as exc:
+                ids += _created_ids(created, len(chunk))
+            except (TimeoutError, openai.OpenAIError, OSError, ValueError, SinkError) as exc:
                 error = sink_error(exc)
                 if ids:
                     raise AppendInterrupted(ids, error) from exc
                 raise error from exc
-            ids += [item.id for item in created.data]
         return ids
 
     async def delete_thread(self, *, thread_id: str) -> None:

@@ -1,8 +1,12 @@
 """The contract every Foundry thread store adapter passes, run against the emulator with the real
 SDK. Parametrised over FOUNDRY_THREAD_API values: a new adapter is one more parameter."""
 
+import socket
+import types
+
 import pytest
 import pytest_asyncio
+from aiohttp import web
 
 from foundry_integration.config import FoundryConfig
 from foundry_integration.sink import thread_store
@@ -17,22 +21,26 @@ from sessions_app.sinks import (
 
 pytestmark = pytest.mark.asyncio
 
+APIS = ["agents", "conversations"]
 METADATA = {"user_id": "1", "session_id": "s", "created_at": "2026-01-01T00:00:00+00:00"}
 
 
-@pytest_asyncio.fixture(params=["agents", "conversations"])
-async def store(request, emulator):
-    config = FoundryConfig(
-        endpoint=emulator.base_url,
+def store_config(endpoint: str, api: str) -> FoundryConfig:
+    return FoundryConfig(
+        endpoint=endpoint,
         project="contract",
         key="emulator-key",
-        thread_api=request.param,
+        thread_api=api,
         connect_timeout=2,
         read_timeout=2,
         sdk_retries=0,
         proxy_from_env=False,
     )
-    store = thread_store(config)
+
+
+@pytest_asyncio.fixture(params=APIS)
+async def store(request, emulator):
+    store = thread_store(store_config(emulator.base_url, request.param))
     assert store.api == request.param
     yield store
     await store.aclose()
@@ -167,3 +175,37 @@ async def test_timeouts_are_sink_errors(store, emulator):
     emulator.state.latency_ms = 3000
     with pytest.raises(SinkError):
         await store.create_thread(metadata=METADATA)
+
+
+@pytest_asyncio.fixture
+async def garbling_server():
+    """A server that answers every request 200 with a JSON content type and the body it is
+    given (`server.body`): a reply no store can read."""
+    server = types.SimpleNamespace(body=b"")
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=server.body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    listener = socket.create_server(("127.0.0.1", 0))
+    await web.SockSite(runner, listener).start()
+    server.url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    yield server
+    await runner.cleanup()
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("body", [b"not json", b"{}", b'{"id": null, "data": []}'])
+async def test_an_append_reply_without_the_new_ids_is_a_sink_error(garbling_server, api, body):
+    garbling_server.body = body
+    store = thread_store(store_config(garbling_server.url, api))
+    try:
+        with pytest.raises(SinkError) as caught:
+            await store.append_messages(thread_id="thread_1", messages=outgoing(2))
+        assert not isinstance(caught.value, AppendInterrupted)
+    finally:
+        await store.aclose()
