@@ -111,21 +111,24 @@ class PooledSyncASGIHandler(ASGIHandler):
         except RequestAborted:
             return
         set_script_prefix(get_script_prefix(scope))
-        # The view runs to its end even if the client goes: a thread cannot be interrupted, and
-        # what it made must be closed.
-        work = asyncio.ensure_future(self._in_pool(self._serve, scope, body_file))
-
-        async def process_request():
-            response = await asyncio.shield(work)
+        # The view runs to its end even if the client goes meanwhile: a thread cannot be
+        # interrupted, and what the view made must be closed.
+        response = await self._in_pool(self._serve, scope, body_file)
+        if response.streaming:
+            await self._send_streamed(response, receive, send)
+        else:
             try:
                 await self.send_response(response, send)
-            except asyncio.CancelledError:
-                pass  # the client disconnected during the send
+            except OSError:
+                pass  # the client is gone (servers may say so on send; Daphne drops it)
+        body_file.close()
 
-        # As Django does: a disconnect stops the sending (of a streamed body especially).
+    async def _send_streamed(self, response, receive, send) -> None:
+        # As Django does: a disconnect stops the sending. Then close the response, which ends
+        # the request, after its last chunk.
         tasks = [
             asyncio.create_task(self.listen_for_disconnect(receive)),
-            asyncio.create_task(process_request()),
+            asyncio.create_task(self.send_response(response, send)),
         ]
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in tasks:
@@ -133,13 +136,9 @@ class PooledSyncASGIHandler(ASGIHandler):
                 task.cancel()
             try:
                 await task
-            except (RequestAborted, asyncio.CancelledError):
+            except (RequestAborted, asyncio.CancelledError, OSError):
                 pass
-        response = await work
-        if response.streaming:
-            # Sent only now: close it, which ends the request, after its last chunk.
-            await self._in_pool(response.close)
-        body_file.close()
+        await self._in_pool(response.close)
 
     def _in_pool(self, func, *args):
         return sync_to_async(func, thread_sensitive=False, executor=self.executor)(*args)

@@ -1,5 +1,6 @@
 """Views for tests/sessions_app/test_middleware.py: each notes the thread it ran in."""
 
+import asyncio
 import threading
 
 from django.db import connections
@@ -30,6 +31,17 @@ def streamed(request):
             yield f"part {n};".encode()
 
     return StreamingHttpResponse(chunks())
+
+
+def endless(request):
+    note("view")
+
+    async def ticks():
+        while True:
+            await asyncio.sleep(0.01)
+            yield b"tick;"
+
+    return StreamingHttpResponse(ticks())
 
 
 def plain_db(request):
@@ -65,4 +77,5 @@ urlpatterns = [
     path("plain-db", plain_db),
     path("streamed-db", streamed_db),
     path("slow", slow),
+    path("endless", endless),
 ]

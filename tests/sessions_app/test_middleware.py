@@ -106,7 +106,7 @@ async def test_a_streamed_response_ends_the_request_after_its_last_chunk(handler
     assert names({events[0][1], events[-1][1]}) == {"django-sync"}
 
 
-async def test_a_client_gone_mid_view_gets_nothing_and_the_request_still_ends(handler):
+async def test_a_client_gone_mid_view_lets_the_view_end_and_ends_the_request(handler):
     communicator = request(handler, "/slow")
     await communicator.send_input({"type": "http.request", "body": b""})
     await asyncio.wait_for(noted("view"), timeout=5)
@@ -115,14 +115,24 @@ async def test_a_client_gone_mid_view_gets_nothing_and_the_request_still_ends(ha
     assert [what for what, _ in events] == ["request_started", "view"]
     handler_urls.release_slow.set()
     await communicator.wait(timeout=5)
-    # The view ran to its end, and its request ended once; the response went nowhere.
+    # The view ran to its end, and its request ended once (what it answered, the server drops).
     assert [what for what, _ in events] == [
         "request_started",
         "view",
         "view done",
         "request_finished",
     ]
-    assert await communicator.receive_nothing()
+
+
+async def test_a_disconnect_stops_a_streamed_body_and_ends_the_request(handler):
+    communicator = request(handler, "/endless")
+    await communicator.send_input({"type": "http.request", "body": b""})
+    assert (await communicator.receive_output(timeout=5))["type"] == "http.response.start"
+    for _ in range(3):
+        assert (await communicator.receive_output(timeout=5))["body"] == b"tick;"
+    await communicator.send_input({"type": "http.disconnect"})
+    await communicator.wait(timeout=5)
+    assert [what for what, _ in events] == ["request_started", "view", "request_finished"]
 
 
 async def test_a_request_django_cannot_read_gets_400_and_ends(handler):
