@@ -2,6 +2,8 @@
 
 import asyncio
 import json
+import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import sync_to_async
@@ -17,6 +19,8 @@ from django.urls import set_script_prefix
 from sessions_app.errors import error_body
 from sessions_app.sinks import warm_up_sinks
 from sessions_app.sync import start_in_process_sender
+
+logger = logging.getLogger(__name__)
 
 
 class StartSender:
@@ -83,12 +87,12 @@ class RequestBodyLimit:
 class PooledSyncASGIHandler(ASGIHandler):
     """Django's ASGI handler for a site whose middleware and views are synchronous (DRF, the
     admin). Django would run each middleware step and the view in a hop of its own to a thread
-    made for the request, and the request_started/finished receivers and response.close() in
-    hops of their own to another thread. Here a request is one hop to a bounded, long-lived
-    thread pool, which runs all of it as a WSGI server would: the receivers, the middleware and
-    the view, in the thread that owns the request's database connections (kept between
-    requests, CONN_MAX_AGE). SERVER_SYNC_THREADS bounds how many requests run at once in a
-    process."""
+    made for the request, and the request_started/finished receivers in hops of their own. Here
+    a request is one hop to a bounded, long-lived thread pool, which runs all of it as a WSGI
+    server would: the receivers, the middleware and the view, in the thread that owns the
+    request's database connections (kept between requests, CONN_MAX_AGE). A streamed body is
+    sent and closed as Django does it. SERVER_SYNC_THREADS bounds how many requests run at once
+    in a process."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -105,58 +109,80 @@ class PooledSyncASGIHandler(ASGIHandler):
         await self.handle(scope, receive, send)
 
     async def handle(self, scope, receive, send):
-        """Django's ASGIHandler.handle with the request's synchronous work in one hop."""
+        """Django's ASGIHandler.handle, with the request's synchronous work in one hop."""
         try:
             body_file = await self.read_body(receive)
         except RequestAborted:
             return
         set_script_prefix(get_script_prefix(scope))
-        # The view runs to its end even if the client goes meanwhile: a thread cannot be
-        # interrupted, and what the view made must be closed.
-        response = await self._in_pool(self._serve, scope, body_file)
-        if response.streaming:
-            await self._send_streamed(response, receive, send)
-        else:
-            try:
-                await self.send_response(response, send)
-            except OSError:
-                pass  # the client is gone (servers may say so on send; Daphne drops it)
+        gone = threading.Event()
+        listener = asyncio.create_task(self._note_disconnect(receive, gone))
+        try:
+            # A request whose client left while it waited for a thread is dropped. One that
+            # has started runs to its end: a thread cannot be interrupted, and what the view
+            # made must be closed.
+            response = await self._in_pool(self._serve, scope, body_file, gone)
+            if response is None:
+                pass
+            elif response.streaming:
+                await self._send_streamed(response, send, listener)
+            elif not gone.is_set():
+                try:
+                    await self.send_response(response, send)
+                except OSError:
+                    pass  # the client left meanwhile (a server may say so on send)
+        finally:
+            listener.cancel()
         body_file.close()
 
-    async def _send_streamed(self, response, receive, send) -> None:
-        # As Django does: a disconnect stops the sending. Then close the response, which ends
-        # the request, after its last chunk.
-        tasks = [
-            asyncio.create_task(self.listen_for_disconnect(receive)),
-            asyncio.create_task(self.send_response(response, send)),
-        ]
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            if not task.done():
-                task.cancel()
-            try:
-                await task
-            except (RequestAborted, asyncio.CancelledError, OSError):
-                pass
-        await self._in_pool(response.close)
+    async def _note_disconnect(self, receive, gone: threading.Event) -> None:
+        try:
+            await self.listen_for_disconnect(receive)
+        except RequestAborted:
+            gone.set()
+
+    async def _send_streamed(self, response, send, listener: asyncio.Task) -> None:
+        # As Django does: the body is sent until the client disconnects, and the response is
+        # then closed (ending the request) in the thread where Django ran a synchronous
+        # iterator of the body.
+        sending = asyncio.create_task(self.send_response(response, send))
+        try:
+            done, _ = await asyncio.wait([sending, listener], return_when=asyncio.FIRST_COMPLETED)
+            if sending not in done:
+                sending.cancel()
+                await asyncio.wait([sending])
+            elif not isinstance(sending.exception(), OSError | None):
+                raise sending.exception()
+        finally:
+            await sync_to_async(response.close)()
 
     def _in_pool(self, func, *args):
         return sync_to_async(func, thread_sensitive=False, executor=self.executor)(*args)
 
-    def _serve(self, scope, body_file) -> HttpResponseBase:
+    def _serve(self, scope, body_file, gone: threading.Event) -> HttpResponseBase | None:
+        if gone.is_set():
+            return None
         signals.request_started.send(sender=self.__class__, scope=scope)
-        request, response = self.create_request(scope, body_file)
-        if request is not None:
-            response = self.get_response(request)
-            response._handler_class = self.__class__
-            if isinstance(response, FileResponse):
-                response.block_size = self.chunk_size
+        try:
+            request, response = self.create_request(scope, body_file)
+            if request is not None:
+                response = self.get_response(request)
+                response._handler_class = self.__class__
+                if isinstance(response, FileResponse):
+                    response.block_size = self.chunk_size
+        except BaseException:
+            close_old_connections()  # what request_finished would have done
+            raise
         if response.streaming:
-            # It is closed once sent, maybe in another thread: give back this one's database
+            # It is closed once sent, in another thread: give back this one's database
             # connections now, as request_finished would.
             close_old_connections()
-        else:
-            # The body is in memory: end the request here (request_finished), in this thread,
-            # as WSGI would once the body is sent.
+            return response
+        # The body is in memory: end the request here, in this thread (request_finished), as a
+        # WSGI server would once it has sent the body. A failing receiver does not cost the
+        # client its answer.
+        try:
             response.close()
+        except Exception:
+            logger.exception("Closing the response of %s failed", scope.get("path", ""))
         return response

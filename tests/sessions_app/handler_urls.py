@@ -44,6 +44,16 @@ def endless(request):
     return StreamingHttpResponse(ticks())
 
 
+def broken_stream(request):
+    note("view")
+
+    def chunks():
+        yield b"part 0;"
+        raise RuntimeError("the body broke off")
+
+    return StreamingHttpResponse(chunks())
+
+
 def plain_db(request):
     note("view")
     return HttpResponse(str(ChatSession.objects.count()).encode())
@@ -59,7 +69,8 @@ def streamed_db(request):
         note(
             "connection held" if view_connection.connection is not None else "connection given back"
         )
-        yield str(count).encode()
+        # And a body that reads the database, in the thread Django sends it from.
+        yield str(ChatSession.objects.count() - count).encode()
 
     return StreamingHttpResponse(body())
 
@@ -78,4 +89,5 @@ urlpatterns = [
     path("streamed-db", streamed_db),
     path("slow", slow),
     path("endless", endless),
+    path("broken-stream", broken_stream),
 ]
