@@ -27,6 +27,7 @@ from sessions_app.routing import websocket_urlpatterns  # noqa: E402
 # then take all that lives for the process out of the garbage collector's reach: the full
 # collections (every few thousand requests) walked all of it, stalling a request about 80 ms.
 get_resolver().url_patterns  # noqa: B018
+gc.collect()  # what start-up left as garbage is freed, not frozen
 gc.freeze()
 
 application = StartSender(

@@ -153,6 +153,8 @@ class AgentsThreadStore:
                 error = sink_error(exc)
                 if ids:
                     raise AppendInterrupted(ids, error) from exc
+                if error is exc:
+                    raise
                 raise error from exc
         return ids
 

@@ -7,6 +7,7 @@ keeps delivery exactly-once here.
 
 import asyncio
 from collections.abc import Sequence
+from json import JSONDecodeError
 
 import openai
 
@@ -130,10 +131,12 @@ class ConversationsThreadStore:
                     thread_id, items=[], extra_body={"items": items}
                 )
                 ids += _created_ids(created, len(chunk))
-            except (TimeoutError, openai.OpenAIError, OSError, ValueError, SinkError) as exc:
+            except (TimeoutError, openai.OpenAIError, OSError, JSONDecodeError, SinkError) as exc:
                 error = sink_error(exc)
                 if ids:
                     raise AppendInterrupted(ids, error) from exc
+                if error is exc:
+                    raise
                 raise error from exc
         return ids
 

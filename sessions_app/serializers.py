@@ -53,6 +53,18 @@ class FlatSerializer(serializers.Serializer):
     from its arguments: for the chat request, more than half of what its validation costs on
     every turn. Each instance still binds fields of its own."""
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name, field in cls._declared_fields.items():
+            # A shallow copy would share a nested field's child or a related field's queryset.
+            nested = (
+                serializers.BaseSerializer,
+                serializers.RelatedField,
+                serializers.ManyRelatedField,
+            )
+            if isinstance(field, nested) or hasattr(field, "child"):
+                raise TypeError(f"{cls.__name__}.{name}: a FlatSerializer takes plain fields only")
+
     def get_fields(self) -> dict[str, serializers.Field]:
         return {name: copy.copy(field) for name, field in self._declared_fields.items()}
 

@@ -6,7 +6,7 @@ import pytest
 from rest_framework import serializers
 
 from sessions_app.models import ChatSession
-from sessions_app.serializers import ChatReplySerializer, ChatRequestSerializer
+from sessions_app.serializers import ChatReplySerializer, ChatRequestSerializer, FlatSerializer
 from sessions_app.services import ChatTurn
 
 
@@ -35,3 +35,16 @@ def test_each_request_serializer_validates_with_fields_of_its_own():
         assert good.fields[name].parent is good
         # The class's declared fields stay unbound.
         assert ChatRequestSerializer._declared_fields[name].parent is None
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        lambda: serializers.ListField(child=serializers.CharField()),
+        lambda: serializers.DictField(),
+        lambda: ChatRequestSerializer(),
+    ],
+)
+def test_a_flat_serializer_refuses_nested_fields(field):
+    with pytest.raises(TypeError, match="plain fields only"):
+        type("Nested", (FlatSerializer,), {"inner": field()})
