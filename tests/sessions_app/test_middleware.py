@@ -17,7 +17,9 @@ from tests.sessions_app import handler_urls
 from tests.sessions_app.handler_urls import events, note
 from tests.sessions_app.test_connections import checked_out
 
-pytestmark = pytest.mark.asyncio
+# The request_finished receivers close stale database connections in whichever thread ends a
+# request, which may be one that an earlier test left a connection in.
+pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
@@ -191,7 +193,6 @@ async def test_a_request_django_cannot_read_gets_400_and_ends(handler):
     assert names({thread for _, thread in events}) == {"django-sync"}
 
 
-@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("path", ["/plain-db", "/streamed-db"])
 async def test_the_view_thread_gives_its_database_connection_back(handler, path):
     if connection.vendor != "postgresql" or connection.pool is None:
