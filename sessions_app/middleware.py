@@ -122,11 +122,9 @@ class PooledSyncASGIHandler(ASGIHandler):
             # has started runs to its end: a thread cannot be interrupted, and what the view
             # made must be closed.
             response = await self._in_pool(self._serve, scope, body_file, gone)
-            if response is None:
-                pass
-            elif response.streaming:
+            if response is not None and response.streaming:
                 await self._send_streamed(response, send, listener)
-            elif not gone.is_set():
+            elif response is not None and not gone.is_set():
                 try:
                     await self.send_response(response, send)
                 except OSError:
@@ -178,9 +176,9 @@ class PooledSyncASGIHandler(ASGIHandler):
             # connections now, as request_finished would.
             close_old_connections()
             return response
-        # The body is in memory: end the request here, in this thread (request_finished), as a
-        # WSGI server would once it has sent the body. A failing receiver does not cost the
-        # client its answer.
+        # The body is in memory, so the request can end now, in this thread (request_finished),
+        # before the body is sent: a WSGI server ends it once the body is sent. A failing
+        # receiver does not cost the client its answer.
         try:
             response.close()
         except Exception:
