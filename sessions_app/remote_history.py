@@ -15,10 +15,11 @@ from django.utils import timezone
 
 from sessions_app.agents import HistoryMessage
 from sessions_app.models import ChatSession, SinkState
-from sessions_app.sinks import RecentMessages, RemoteNotFound, Sink, SinkError
+from sessions_app.sinks import RecentMessages, RemoteNotFound, Sink
 from sessions_app.sync import (
     backoff_delay,
     breaker_allows,
+    error_text,
     history_forget,
     history_insert,
     log_thread_lost,
@@ -72,7 +73,7 @@ def import_pending(*, session: ChatSession, sinks: list[Sink]) -> ImportResult:
         session.refresh_from_db()
         return unchanged
     except Exception as exc:
-        error = str(exc) if isinstance(exc, SinkError) else f"{type(exc).__name__}: {exc}"
+        error = error_text(exc)
         logger.warning(
             "%s thread operation failed, falling back to local storage: %s", sink.label, error
         )

@@ -380,22 +380,8 @@ def record_delivered(
                 for value in (state.pk, seq, remote_id)
             ],
         )
-    # One write of the hot row that every sender shares: the count and, after a whole batch,
-    # the breaker (a batch cut short is a failure, which the caller records next).
-    col = functools.partial(sql.column, SinkHealth)
-    closed = (
-        f", {col('consecutive_failures')} = 0, {col('open_until')} = NULL, "
-        f"{col('last_success_at')} = %s"
-    )
-    sql.execute(
-        f"UPDATE {sql.table(SinkHealth)} SET {col('delivered_total')} = "
-        f"{col('delivered_total')} + %s{closed if batch_done else ''} WHERE {col('sink')} = %s",
-        [
-            len(seqs),
-            *([connection.ops.adapt_datetimefield_value(now)] if batch_done else []),
-            state.sink,
-        ],
-    )
+    # A batch cut short is a failure, which the caller records next: the breaker stays.
+    _record_health(state.sink, now, delivered=len(seqs), success=batch_done)
     state.delivered_seq, state.inflight_seq, state.synced_at = delivered_seq, inflight_seq, now
 
 
@@ -409,17 +395,15 @@ def release_state(
     """End the claim (`worker` ''; a row nobody claimed): after success (error ''), due again at
     once if more is pending; after a failure, due again in `retry_in` seconds."""
     now = timezone.now()
+    released = _released(now)
     if error:
-        SinkState.objects.filter(pk=state.pk, claimed_by=worker).update(
+        released.update(
             attempts=F("attempts") + 1,
             last_error=error[:2000],
             last_error_at=now,
             next_attempt_at=now + timedelta(seconds=retry_in or 0),
-            claimed_by="",
-            claimed_until=None,
         )
-    else:
-        SinkState.objects.filter(pk=state.pk, claimed_by=worker).update(**_released(now))
+    SinkState.objects.filter(pk=state.pk, claimed_by=worker).update(**released)
 
 
 def _released(now) -> dict:
@@ -452,9 +436,7 @@ def record_sink_result(sink: Sink, error: str = "") -> None:
     """Feed the breaker: open it after SYNC_BREAKER_THRESHOLD failures in a row."""
     now = timezone.now()
     if not error:
-        SinkHealth.objects.filter(sink=sink.name).update(
-            consecutive_failures=0, open_until=None, last_success_at=now
-        )
+        _record_health(sink.name, now, delivered=0, success=True)
         return
     with transaction.atomic():
         health, _ = SinkHealth.objects.select_for_update().get_or_create(sink=sink.name)
@@ -476,6 +458,25 @@ def record_sink_result(sink: Sink, error: str = "") -> None:
         health.save()
 
 
+def _record_health(sink_name: str, now, *, delivered: int, success: bool) -> None:
+    """Count `delivered` messages for the sink and, on `success`, close its breaker: one write
+    of the row that every sender shares (SQL: a delivered batch runs it)."""
+    col = functools.partial(sql.column, SinkHealth)
+    closed = (
+        f", {col('consecutive_failures')} = 0, {col('open_until')} = NULL, "
+        f"{col('last_success_at')} = %s"
+    )
+    sql.execute(
+        f"UPDATE {sql.table(SinkHealth)} SET {col('delivered_total')} = "
+        f"{col('delivered_total')} + %s{closed if success else ''} WHERE {col('sink')} = %s",
+        [
+            delivered,
+            *([connection.ops.adapt_datetimefield_value(now)] if success else []),
+            sink_name,
+        ],
+    )
+
+
 def log_thread_lost(sink: Sink, remote_id: str | None, exc: Exception) -> None:
     """The design's log line for a remote thread that is gone (a new one follows)."""
     logger.warning(
@@ -494,7 +495,8 @@ async def _bounded(semaphore: asyncio.Semaphore, job) -> None:
         await job
 
 
-def _error_text(exc: Exception) -> str:
+def error_text(exc: Exception) -> str:
+    """An exception as a sink's last error reads."""
     if isinstance(exc, SinkError):
         return str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {exc}"
@@ -711,7 +713,7 @@ class Sender:
         await db(record_delivered)(state, landed, landed_ids, self.name)
 
     async def _failed(self, sink: Sink, state: SinkState, exc: Exception) -> None:
-        error = _error_text(exc)
+        error = error_text(exc)
         retry_after = exc.retry_after if isinstance(exc, RemoteThrottled) else None
         delay = backoff_delay(state.attempts + 1, retry_after)
         if state.session.history_import_from == sink.name:
@@ -747,7 +749,7 @@ class Sender:
         try:
             await sink.delete_remote(remote_id=deletion.remote_id)
         except Exception as exc:
-            error = _error_text(exc)
+            error = error_text(exc)
             retry_after = exc.retry_after if isinstance(exc, RemoteThrottled) else None
             delay = backoff_delay(deletion.attempts + 1, retry_after)
             logger.warning(
