@@ -255,6 +255,13 @@ SYNC_CONCURRENCY = env_int("SYNC_CONCURRENCY", 32)  # sessions delivered at once
 SYNC_LEASE_S = env_int("SYNC_LEASE_S", 60)  # a dead sender's claims expire after this
 SYNC_WAKE_COALESCE_S = env_float("SYNC_WAKE_COALESCE_S", 0.05)  # gather wake-ups into one pass
 SYNC_SHUTDOWN_GRACE_S = env_float("SYNC_SHUTDOWN_GRACE_S", 5.0)  # in-process sender, at exit
+# The in-process sender uses the CPU its server leaves idle, and at least this share of a CPU
+# however busy the server is (the turns come first; see sessions_app.sync.CpuPacer). 1: no limit.
+SYNC_IN_PROCESS_CPU_SHARE = env_float("SYNC_IN_PROCESS_CPU_SHARE", 0.05)
+if not 0 < SYNC_IN_PROCESS_CPU_SHARE <= 1:
+    raise ImproperlyConfigured(
+        f"SYNC_IN_PROCESS_CPU_SHARE must be above 0 and at most 1, got {SYNC_IN_PROCESS_CPU_SHARE}"
+    )
 SYNC_BACKOFF_BASE_S = env_float("SYNC_BACKOFF_BASE_S", 1.0)
 SYNC_BACKOFF_MAX_S = env_float("SYNC_BACKOFF_MAX_S", 300.0)
 SYNC_BREAKER_THRESHOLD = env_int("SYNC_BREAKER_THRESHOLD", 5)  # failures in a row to open

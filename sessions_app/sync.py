@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 from asgiref.sync import sync_to_async
@@ -490,11 +491,6 @@ def log_thread_lost(sink: Sink, remote_id: str | None, exc: Exception) -> None:
 # ---- delivery --------------------------------------------------------------------------------
 
 
-async def _bounded(semaphore: asyncio.Semaphore, job) -> None:
-    async with semaphore:
-        await job
-
-
 def error_text(exc: Exception) -> str:
     """An exception as a sink's last error reads."""
     if isinstance(exc, SinkError):
@@ -505,8 +501,10 @@ def error_text(exc: Exception) -> str:
 class Sender:
     """One sender: claims due work for every active sink and delivers it."""
 
-    def __init__(self, *, name: str | None = None):
+    def __init__(self, *, name: str | None = None, pacer: "CpuPacer | None" = None):
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        # Inside a server: holds the sender back while the server is busy (see CpuPacer).
+        self.pacer = pacer
         # Sink name -> monotonic time before which its breaker is known to be open.
         self._breaker_open_until: dict[str, float] = {}
 
@@ -535,12 +533,21 @@ class Sender:
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
             await asyncio.gather(
-                *(_bounded(semaphore, self.deliver(sink, state)) for state in states),
-                *(_bounded(semaphore, self.delete(sink, d)) for d in deletions),
+                *(self._bounded(semaphore, self.deliver(sink, state)) for state in states),
+                *(self._bounded(semaphore, self.delete(sink, d)) for d in deletions),
             )
         finally:
             heartbeat.cancel()
         return len(states) + len(deletions)
+
+    async def _bounded(self, semaphore: asyncio.Semaphore, job) -> None:
+        async with semaphore:
+            await self._paced()
+            await job
+
+    async def _paced(self) -> None:
+        if self.pacer is not None:
+            await self.pacer.wait()
 
     def _claim(self, sink: Sink) -> tuple[int | None, list[SinkState], list[RemoteDeletion]]:
         """The breaker's allowance (None: the sink is off), then the due work claimed: cheap
@@ -683,6 +690,7 @@ class Sender:
             )
             if last:
                 return True
+            await self._paced()
         return False
 
     async def _reconcile(self, sink: Sink, state: SinkState) -> None:
@@ -770,6 +778,81 @@ class Sender:
 
 # ---- the sender inside a server process ------------------------------------------------------
 
+
+class ThreadClocks:
+    """The CPU time of a set of threads: the in-process sender's event loop and database
+    threads, each added from inside itself."""
+
+    def __init__(self) -> None:
+        self._clocks: dict[int, float] = {}  # clock id -> its last reading
+        self._lock = threading.Lock()
+
+    def add_current_thread(self) -> None:
+        clock = time.pthread_getcpuclockid(threading.get_ident())
+        with self._lock:
+            self._clocks[clock] = 0.0
+
+    def seconds(self) -> float:
+        with self._lock:
+            for clock in self._clocks:
+                try:
+                    self._clocks[clock] = time.clock_gettime(clock)
+                except OSError:
+                    pass  # the thread has ended: its last reading stands
+            return sum(self._clocks.values())
+
+
+class CpuPacer:
+    """Paces the sender inside a server process so that the turns come first, as a database's
+    cost-based vacuum delay does. The sender may use the CPU that the rest of the process leaves
+    idle, less HEADROOM_CPU kept free for the turns to grow into, and never less than `share`
+    of a CPU: at low load it keeps up with the turns, and while the server is saturated it
+    delivers at `share` and catches up once the load eases. A CPU here is the one that the
+    interpreter's lock lets a Python process use, whatever the machine has.
+
+    Measured over the last one to two WINDOW_S: the process's CPU time (`process_cpu`) and the
+    sender's own (`own_cpu`), so the figures hold whatever else runs on the machine."""
+
+    WINDOW_S = 1.0
+    HEADROOM_CPU = 0.1
+    MIN_DELAY_S = 0.01
+    MAX_DELAY_S = 0.25
+
+    def __init__(self, share: float, own_cpu, process_cpu=time.process_time, clock=time.monotonic):
+        self.share = share
+        self._own_cpu = own_cpu
+        self._process_cpu = process_cpu
+        self._clock = clock
+        self._turn = asyncio.Lock()
+        first = self._sample()
+        self._marks = (first, first)
+
+    def _sample(self) -> tuple[float, float, float]:
+        return self._clock(), self._process_cpu(), self._own_cpu()
+
+    def delay(self) -> float:
+        """Seconds the sender should wait before its next call; 0 to go on now."""
+        now = self._sample()
+        if now[0] - self._marks[1][0] >= self.WINDOW_S:
+            self._marks = (self._marks[1], now)
+        start = self._marks[0]
+        wall = now[0] - start[0]
+        own = now[2] - start[2]
+        others = now[1] - start[1] - own
+        if wall <= 0:
+            return 0.0
+        allowed = max(self.share, 1 - self.HEADROOM_CPU - others / wall)  # CPUs
+        # Within what it is allowed once `own` is spread over own / allowed seconds.
+        return min(self.MAX_DELAY_S, max(0.0, own / allowed - wall))
+
+    async def wait(self) -> None:
+        # One waiter at a time reads the clocks; the others queue behind it. Many of them each
+        # polling in short sleeps would spend the sender's share on the polling.
+        async with self._turn:
+            while (delay := self.delay()) > 0:
+                await asyncio.sleep(max(delay, self.MIN_DELAY_S))
+
+
 _wake = threading.Event()
 _started = threading.Lock()
 _in_process: threading.Thread | None = None
@@ -790,9 +873,7 @@ def start_in_process_sender() -> None:
             return
         stop = threading.Event()
         _in_process = threading.Thread(
-            target=lambda: asyncio.run(Sender().run(stop, _wake)),
-            name="sync-sender",
-            daemon=True,
+            target=_run_in_process, args=(stop,), name="sync-sender", daemon=True
         )
         _in_process.start()
 
@@ -807,3 +888,25 @@ def start_in_process_sender() -> None:
         # after it); the public atexit is the fallback where this hook does not exist.
         register = getattr(threading, "_register_atexit", atexit.register)
         register(stop_sender)
+
+
+def _run_in_process(stop: threading.Event) -> None:
+    """The in-process sender's thread: an event loop of its own, whose database calls run in
+    threads of its own, so that the pacer can tell the sender's CPU from the server's."""
+    share = settings.SYNC_IN_PROCESS_CPU_SHARE
+    clocks = ThreadClocks()
+    pacer = None
+    if share < 1 and hasattr(time, "pthread_getcpuclockid"):
+        clocks.add_current_thread()
+        pacer = CpuPacer(share, clocks.seconds)
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(
+                thread_name_prefix="sync-sender-db",
+                initializer=clocks.add_current_thread if pacer else None,
+            )
+        )
+        await Sender(pacer=pacer).run(stop, _wake)
+
+    asyncio.run(main())
