@@ -14,6 +14,7 @@ from sessions_app.sinks import (
     RemoteNotFound,
     RemoteThrottled,
     SinkError,
+    pace_remote_call,
 )
 
 # The API knows only these two roles; other roles are sent as assistant and kept in metadata.
@@ -132,6 +133,8 @@ class AgentsThreadStore:
         # The API takes one message per call; stop at the first failure so that order holds.
         ids: list[str] = []
         for message in messages:
+            if ids:
+                await pace_remote_call()
             metadata = {"seq": str(message.seq), "agent_id": message.agent_id[:512]}
             role = message.role
             if role not in API_ROLES:

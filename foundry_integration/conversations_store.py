@@ -19,6 +19,7 @@ from sessions_app.sinks import (
     RemoteNotFound,
     RemoteThrottled,
     SinkError,
+    pace_remote_call,
 )
 
 # The service takes at most 20 items per items.create call.
@@ -114,6 +115,8 @@ class ConversationsThreadStore:
     ) -> list[str]:
         ids: list[str] = []
         for start in range(0, len(messages), ITEMS_PER_CALL):
+            if start:
+                await pace_remote_call()
             chunk = messages[start : start + ITEMS_PER_CALL]
             items = [
                 {

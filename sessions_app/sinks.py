@@ -9,7 +9,8 @@ calls the sink's async methods to deliver them.
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -96,6 +97,22 @@ class SinkStatus:
     reason: str
 
 
+# Set by a paced sender (the one inside a server process, see sessions_app.sync.CpuPacer) for the
+# deliveries it runs: an append that takes many remote calls (one per message on Foundry's classic
+# threads) gives way to the turns between its calls, not only before it starts.
+remote_call_pacer: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar(
+    "remote_call_pacer", default=None
+)
+
+
+async def pace_remote_call() -> None:
+    """A sink awaits this before each remote call of an append after the first: it returns at
+    once, or when the sender delivering the append may use the CPU again."""
+    pace = remote_call_pacer.get()
+    if pace is not None:
+        await pace()
+
+
 class Sink:
     """One remote store. `name` keys its SinkState rows; `label` goes into log lines.
 
@@ -124,7 +141,8 @@ class Sink:
 
     async def append(self, *, remote_id: str, messages: Sequence[OutgoingMessage]) -> list[str]:
         """Store `messages` in order on the thread; return their remote ids. Raises
-        AppendInterrupted when some but not all were stored."""
+        AppendInterrupted when some but not all were stored. Awaits `pace_remote_call()`
+        between its remote calls when it makes more than one."""
         raise NotImplementedError
 
     async def load(self, *, remote_id: str) -> list[RemoteMessage]:

@@ -55,6 +55,7 @@ from sessions_app.sinks import (
     Sink,
     SinkError,
     all_sinks,
+    remote_call_pacer,
 )
 
 logger = logging.getLogger(__name__)
@@ -542,6 +543,9 @@ class Sender:
 
     async def _bounded(self, semaphore: asyncio.Semaphore, job) -> None:
         async with semaphore:
+            if self.pacer is not None:
+                # This task's own context: the sinks' calls within the job are paced too.
+                remote_call_pacer.set(self.pacer.wait)
             await self._paced()
             await job
 

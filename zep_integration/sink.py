@@ -17,6 +17,7 @@ from sessions_app.sinks import (
     Sink,
     SinkError,
     SinkStatus,
+    pace_remote_call,
 )
 from sessions_app.sync import db
 from zep_integration.models import ZepUser
@@ -129,7 +130,9 @@ class ZepSink(Sink):
         calls = pack_calls(
             messages, settings.ZEP_MAX_MESSAGE_CHARS, settings.ZEP_MAX_MESSAGES_PER_CALL
         )
-        for call_messages, parts in calls:
+        for n, (call_messages, parts) in enumerate(calls):
+            if n:
+                await pace_remote_call()
             # The same batch always gets the same key, so a retried call is not applied twice.
             key = f"{remote_id}:{call_messages[0].seq}-{call_messages[-1].seq}"
             try:

@@ -46,6 +46,19 @@ def sync_pass(sender: Sender | None = None) -> int:
     return asyncio.run((sender or Sender(name="test")).run_once_and_close())
 
 
+class PacerProbe:
+    """In place of the in-process sender's pacer, whose clocks a test cannot set call by call:
+    it never holds the sender back, and notes how many requests had reached the emulator each
+    time it was asked."""
+
+    def __init__(self, emulator) -> None:
+        self.emulator = emulator
+        self.seen: list[int] = []
+
+    async def wait(self) -> None:
+        self.seen.append(self.emulator.state.counters.total)
+
+
 def settled() -> bool:
     return not RemoteDeletion.objects.exists() and all(
         s.delivered_seq == s.wanted_seq for s in SinkState.objects.all()

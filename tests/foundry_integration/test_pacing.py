@@ -10,7 +10,7 @@ import pytest
 from sessions_app import services, sync
 from sessions_app.models import ChatSession, SinkState
 from sessions_app.sync import CpuPacer, Sender, ThreadClocks
-from tests.foundry_integration.conftest import sync_pass, thread_messages
+from tests.foundry_integration.conftest import PacerProbe, sync_pass, thread_messages
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -121,7 +121,6 @@ class TestInProcessSender:
     ):
         settings.SYNC_IN_PROCESS_CPU_SHARE = 0.05
         settings.SYNC_POLL_INTERVAL_S = 0.05
-        settings.SYNC_BATCH_SIZE = 2  # a turn's two messages, as a busy server's are
         # A server has its SDKs loaded before it serves (SINK_WARM_UP): load them now.
         services.chat_turn(user=user, message="warm up", session_id="warm")
         sync_pass()
@@ -185,3 +184,21 @@ def test_the_sender_waits_for_its_share_before_each_delivery(user, foundry_agent
 
     assert asyncio.run(scenario()) == (0, False)
     assert SinkState.objects.get().delivered_seq == 2
+
+
+def test_the_sender_waits_for_its_share_before_each_call_of_a_batch(user, foundry, settings):
+    """A backlog goes out in batches of up to SYNC_BATCH_SIZE messages, and on the classic API
+    each message is a call of its own: the pacer is asked before every call, not once a batch."""
+    settings.SYNC_BATCH_SIZE = 50
+    for n in range(23):
+        services.chat_turn(user=user, message=f"message {n}", session_id="long")
+    probe = PacerProbe(foundry)
+    sync_pass(Sender(name="probed", pacer=probe))
+    session = ChatSession.objects.get(session_id="long")
+    assert len(thread_messages(foundry, session.foundry_thread_id)) == 46
+    calls = 46 if settings.FOUNDRY_THREAD_API == "agents" else 3  # 20 items a call
+    # Asked before the delivery, then (after the thread's creation and the first call) before
+    # each further call, one call apart.
+    assert len(probe.seen) == calls
+    gaps = [b - a for a, b in zip(probe.seen[1:], probe.seen[2:], strict=False)]
+    assert gaps == [1] * (calls - 2)

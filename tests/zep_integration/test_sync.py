@@ -6,7 +6,8 @@ from django.utils import timezone
 
 from sessions_app import services
 from sessions_app.models import RemoteDeletion, SinkState
-from tests.foundry_integration.conftest import drain, sync_pass
+from sessions_app.sync import Sender
+from tests.foundry_integration.conftest import PacerProbe, drain, sync_pass
 from tests.zep_integration.conftest import zep_messages
 from zep_integration.models import ZepUser
 from zep_integration.sink import pack_calls, split_content
@@ -180,3 +181,15 @@ def test_packing_keeps_a_message_in_one_call():
     assert all(len({p.seq for p in parts}) == len(call) for call, parts in calls)
     assert split_content("", 10) == [""]
     assert split_content("abcdefghij", 4) == ["abcd", "efgh", "ij"]
+
+
+def test_a_paced_sender_is_asked_before_each_call_of_a_batch(user, zep, settings):
+    settings.ZEP_MAX_MESSAGES_PER_CALL = 2
+    expected = turns(user, "paced", 3)
+    probe = PacerProbe(zep)
+    sync_pass(Sender(name="probed", pacer=probe))
+    assert zep_messages(zep, zep_state("paced").remote_id) == expected
+    # Before the delivery, then before the second and the third call of the batch (each call
+    # is one request or, on the community SDK, two).
+    assert len(probe.seen) == 3
+    assert probe.seen[1] < probe.seen[2]
