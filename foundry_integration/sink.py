@@ -47,6 +47,8 @@ class FoundrySink(Sink):
 
     def __init__(self) -> None:
         self.config = FoundryConfig.from_settings()
+        # Checked once: status() runs on every turn, and the check parses the endpoint.
+        self._problem = self.config.problem()
         self._warned = False
         # SDK clients belong to the event loop they were made on; one per API.
         self._stores: weakref.WeakKeyDictionary[
@@ -56,7 +58,7 @@ class FoundrySink(Sink):
     def status(self) -> SinkStatus:
         if not foundry_threads_enabled():
             return SinkStatus(False, "USE_FOUNDRY_THREADS is off")
-        problem = self.config.problem()
+        problem = self._problem
         if problem:
             if not self._warned:
                 self._warned = True

@@ -864,7 +864,8 @@ _in_process: threading.Thread | None = None
 
 def notify_sender() -> None:
     """Wake the in-process sender: a turn has work for it (call after commit)."""
-    _wake.set()
+    if not _wake.is_set():  # a busy server's turns find it set: no lock to take
+        _wake.set()
 
 
 def start_in_process_sender() -> None:
