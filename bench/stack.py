@@ -18,7 +18,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.procs import PYTHON, ROOT, Child, Processes, free_port, run_checked
+from bench.procs import LOADGEN_CPU, PYTHON, ROOT, Child, Processes, free_port, run_checked
 
 USER = "bench"
 FOUNDRY_PROJECT = "bench"
@@ -195,7 +195,9 @@ class Emulator:
             "--latency-ms",
             str(latency_ms),
         ]
-        self.child = procs.spawn(name, args, base_env(), role="emulator")
+        # It stands for Azure, which is not on the server's machine: it runs beside the load
+        # generator, so that its CPU is not taken from the servers measured.
+        self.child = procs.spawn(name, args, base_env(), role="emulator", cpu=LOADGEN_CPU)
 
     def wait(self, timeout: float = 60) -> "Emulator":
         deadline = time.monotonic() + timeout
