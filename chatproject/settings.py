@@ -257,7 +257,9 @@ SYNC_WAKE_COALESCE_S = env_float("SYNC_WAKE_COALESCE_S", 0.05)  # gather wake-up
 SYNC_SHUTDOWN_GRACE_S = env_float("SYNC_SHUTDOWN_GRACE_S", 5.0)  # in-process sender, at exit
 # The in-process sender uses the CPU its server leaves idle, and at least this share of a CPU
 # however busy the server is (the turns come first; see sessions_app.sync.CpuPacer). 1: no limit.
-SYNC_IN_PROCESS_CPU_SHARE = env_float("SYNC_IN_PROCESS_CPU_SHARE", 0.05)
+# A saturated server loses about twice this share of its turns: the sender's thread switches and
+# cache misses come on top of its own CPU.
+SYNC_IN_PROCESS_CPU_SHARE = env_float("SYNC_IN_PROCESS_CPU_SHARE", 0.02)
 if not 0 < SYNC_IN_PROCESS_CPU_SHARE <= 1:
     raise ImproperlyConfigured(
         f"SYNC_IN_PROCESS_CPU_SHARE must be above 0 and at most 1, got {SYNC_IN_PROCESS_CPU_SHARE}"
