@@ -6,9 +6,10 @@ cost, measured side by side in one run so that ratios hold on a noisy machine.
 It starts the real server (Daphne, `chatproject.asgi:application`), sync workers and a
 constant-view baseline as separate processes on 127.0.0.1, pinned to CPU 1 (`taskset -c 1`), and
 drives them from this process, pinned to CPU 0, with closed-loop keep-alive clients. The Foundry
-emulator stands for Azure, which is not on the server's machine: it runs on CPU 0 too. The method is /work/shared/BENCHMARKING.md's: REST and WebSocket cases interleaved in
-rotated rounds, medians over rounds, an A/A pair for the noise floor, a drain after every case
-that leaves work for the emulator. Figures are medians; compare cases only by their ratios.
+emulator stands for Azure, which is not on the server's machine: it runs on CPU 0 too. REST and
+WebSocket cases are interleaved in rotated rounds, with medians over rounds, an A/A pair for the
+noise floor, and a drain after every case that leaves work for the emulator. Figures are
+medians; compare cases only by their ratios.
 
 Cases:
   1-2. REST chat at 1/8/32 clients: flag off; flag on with the emulator at 150 ms; flag on with
