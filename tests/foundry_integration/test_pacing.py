@@ -121,6 +121,7 @@ class TestInProcessSender:
     ):
         settings.SYNC_IN_PROCESS_CPU_SHARE = 0.05
         settings.SYNC_POLL_INTERVAL_S = 0.05
+        settings.SYNC_BATCH_SIZE = 2  # a turn's two messages, as a busy server's are
         # A server has its SDKs loaded before it serves (SINK_WARM_UP): load them now.
         services.chat_turn(user=user, message="warm up", session_id="warm")
         sync_pass()
