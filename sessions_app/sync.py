@@ -818,7 +818,9 @@ class CpuPacer:
     sender's own (`own_cpu`), so the figures hold whatever else runs on the machine."""
 
     WINDOW_S = 1.0
-    HEADROOM_CPU = 0.1
+    # A process that gets less than a whole CPU (the interpreter's lock changing hands, other
+    # processes or virtual machines on its core) looks idle by that much.
+    HEADROOM_CPU = 0.25
     MIN_DELAY_S = 0.01
     MAX_DELAY_S = 0.25
 
@@ -845,7 +847,11 @@ class CpuPacer:
         others = now[1] - start[1] - own
         if wall <= 0:
             return 0.0
-        allowed = max(self.share, 1 - self.HEADROOM_CPU - others / wall)  # CPUs
+        # What the sender used past its share counts as taken from the rest of the process:
+        # under the interpreter's lock it largely was, and otherwise the rest would look the
+        # idler the more the sender ran (seen: a process that got 0.75 of a CPU gave it 28%).
+        load = (others + max(0.0, own - self.share * wall)) / wall
+        allowed = max(self.share, 1 - self.HEADROOM_CPU - load)  # CPUs
         # Within what it is allowed once `own` is spread over own / allowed seconds.
         return min(self.MAX_DELAY_S, max(0.0, own / allowed - wall))
 

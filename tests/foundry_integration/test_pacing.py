@@ -48,17 +48,19 @@ class TestCpuPacer:
     def test_the_sender_may_use_what_the_others_leave_idle(self):
         clocks = Clocks()
         pacer = clocks.pacer(0.05)
-        # The others use 0.4 of a CPU: the sender may use 1 - 0.1 (headroom) - 0.4 = 0.5.
-        clocks.spend(0.5, others=0.2, own=0.2)
+        # The others use 0.3 of a CPU and the sender 0.1, 0.05 past its share: it may use
+        # 1 - 0.25 (headroom) - 0.3 - 0.05 = 0.4.
+        clocks.spend(1.0, others=0.3, own=0.1)
         assert pacer.delay() == 0
-        clocks.spend(0.25, others=0.1, own=0.2)
-        # 0.4 s of CPU at 0.5 of a CPU takes 0.8 s; 0.75 s have passed.
-        assert pacer.delay() == pytest.approx(0.05)
+        # 0.45 s in 1.25 s, with the others at 0.35 s: what it used past its share counts as
+        # theirs, (0.35 + 0.45 - 0.0625) / 1.25 = 0.59, leaving it 0.16 of a CPU: held back.
+        clocks.spend(0.25, others=0.05, own=0.35)
+        assert pacer.delay() == CpuPacer.MAX_DELAY_S
 
     def test_an_idle_process_does_not_hold_the_sender_back(self):
         clocks = Clocks()
         pacer = clocks.pacer(0.05)
-        clocks.spend(0.5, others=0.02, own=0.4)
+        clocks.spend(0.5, others=0.02, own=0.15)
         assert pacer.delay() == 0
 
     def test_old_load_is_forgotten_after_a_window(self):
@@ -67,8 +69,8 @@ class TestCpuPacer:
         clocks.spend(1.0, others=1.0)
         assert pacer.delay() == 0
         # The load has ended: the busy second no longer counts, so the sender is not held back
-        # (measured from the start it would be: 0.85 s at 0.4 of a CPU).
-        clocks.spend(1.0, others=0.0, own=0.85)
+        # (measured from the start it would be: 0.35 s at 0.125 of a CPU).
+        clocks.spend(1.0, others=0.0, own=0.35)
         assert pacer.delay() == 0
 
 
