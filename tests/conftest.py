@@ -1,4 +1,5 @@
 import pytest
+from channels.layers import channel_layers
 from django.contrib.auth import get_user_model
 from django.test import override_settings
 from rest_framework.authtoken.models import Token
@@ -21,6 +22,14 @@ def _no_in_process_sender(settings):
     # them, and so would a background warm-up reading the flag.
     settings.SYNC_IN_PROCESS = False
     settings.SINK_WARM_UP = False
+
+
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer():
+    # The channel layer is one per process, and the Redis one's receive lock belongs to the
+    # event loop that first took it; every async test has a loop of its own.
+    yield
+    channel_layers.backends.clear()
 
 
 @pytest.fixture
