@@ -71,7 +71,10 @@ def test_next_turn_loads_the_thread_then_continues_on_it(user, foundry, caplog):
 def test_foundry_down_the_turn_goes_on_locally_and_the_next_one_loads(
     user, foundry, caplog, settings
 ):
+    # A backoff that outlasts the test's own steps: `foundry` caps it at 50 ms, which a slow
+    # host can spend between the failed load and the sender pass below.
     settings.SYNC_BACKOFF_BASE_S = 60
+    settings.SYNC_BACKOFF_MAX_S = 60
     thread_id = remote_thread(2)
     call_command("foundry_import_thread", "alice", "later", thread_id)
     foundry.state.fail_next = 1
@@ -249,8 +252,7 @@ def test_background_import_of_a_lost_thread_starts_a_new_one(user, foundry, capl
     ]
 
 
-def test_a_sender_holding_old_session_data_does_not_import_twice(user, foundry, settings):
-    settings.SYNC_BACKOFF_BASE_S = 60
+def test_a_sender_holding_old_session_data_does_not_import_twice(user, foundry):
     thread_id = remote_thread(2)
     call_command("foundry_import_thread", "alice", "stale", thread_id)
     # The sender's claim stays valid; what it read with it (the session to import) goes stale.
