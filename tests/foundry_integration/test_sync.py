@@ -355,16 +355,19 @@ class TestClaims:
         assert not stolen.receipts.exists()
 
     def test_a_slow_batch_keeps_its_lease_alive(self, user, foundry, settings):
-        settings.SYNC_LEASE_S = 0.3
+        # A lease long enough that a heartbeat (every third of it) may come late on a slow
+        # host: at 0.3 s, one over 0.2 s late freed the row mid-batch, "b" took it, and
+        # messages went out twice.
+        settings.SYNC_LEASE_S = 1
         settings.SYNC_BATCH_SIZE = 10
         replies = turns(user, "slowbatch", 5)
-        foundry.state.latency_ms = 100  # a 10-message batch takes ~1 s, over three leases
+        foundry.state.latency_ms = 300  # a 10-message batch takes ~3 s, over three leases
         workers = [
             threading.Thread(target=sync_pass, args=(Sender(name=name),)) for name in ("a", "b")
         ]
-        for worker in workers:
-            worker.start()
-            time.sleep(0.5)
+        workers[0].start()
+        time.sleep(2)  # mid-batch, past where a's lease would end without its heartbeat
+        workers[1].start()
         for worker in workers:
             worker.join()
         foundry.state.latency_ms = 0
