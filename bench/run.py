@@ -21,7 +21,10 @@ Cases:
        on a session pointed at a 400-message Foundry thread (the first turn reads its newest
        page from the emulator; the server's sender imports the whole thread in the background).
   5.   Sync throughput from a backlog with 1 and 4 `manage.py foundry_sync` workers; queries per
-       chat turn (flag off and on).
+       chat turn (flag off and on); CPU instructions per chat request, flag off and on, counted
+       under valgrind's callgrind where it is installed: the flag's cost on the response path
+       as a figure that repeats to within a fraction of a percent, whatever else the machine
+       does.
   6.   Baseline: a bare Daphne + Django constant view under the same load; peak memory per
        process.
 
@@ -36,6 +39,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -88,6 +92,7 @@ class Config:
     drain_timeout: float = 30.0
     rtt_samples: int = 20
     query_turns: int = 8
+    instruction_requests: int = 100
 
     @classmethod
     def quick(cls) -> "Config":
@@ -106,6 +111,7 @@ class Config:
             drain_timeout=15.0,
             rtt_samples=5,
             query_turns=4,
+            instruction_requests=10,
         )
 
 
@@ -591,6 +597,63 @@ def sync_throughput(
     return results
 
 
+# ---- instructions per request -----------------------------------------------------------------
+
+# The measured requests run inside one call of this C function (bench/tasks.py), the only code
+# that callgrind counts; it needs an interpreter with its symbols (not a stripped binary).
+COUNTED_FUNCTION = "functools_reduce"
+
+
+def instruction_counts(
+    procs: Processes, cfg: Config, dbs: stack.Databases, down_url: str, tmp: Path
+) -> dict:
+    """Instructions per chat request with the flag off and on (no sender in the process: the
+    turns' own cost), both runs at once, one per CPU. Instructions leave out what the kernel
+    does (writing the WAL), so they complement the timed cases; they do not replace them."""
+    valgrind, control = shutil.which("valgrind"), shutil.which("callgrind_control")
+    if not valgrind or not control:
+        return {"skipped": "valgrind (with callgrind_control) is not installed"}
+    runs = {}
+    for flag, cpu in (("off", LOADGEN_CPU), ("on", SERVER_CPU)):
+        env = stack.base_env(
+            SQLITE_PATH=str(dbs.fresh(f"instructions-{flag}")),
+            SYNC_IN_PROCESS="false",
+            SINK_WARM_UP="false",
+            **(stack.foundry_env(down_url) if flag == "on" else {}),
+        )
+        valgrind_log = tmp / f"callgrind-{flag}.log"
+        args = [
+            valgrind,
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            f"--log-file={valgrind_log}",
+            "--instr-atstart=no",  # start-up at near-native speed
+            "--collect-atstart=no",
+            f"--toggle-collect={COUNTED_FUNCTION}",
+            *stack.task_args(
+                "instructions", "--requests", str(cfg.instruction_requests), "--callgrind"
+            ),
+        ]
+        out = tmp / f"task-instructions-{flag}.json"
+        child = procs.spawn(
+            f"task-instructions-{flag}", args, env, role="task", cpu=cpu, stdout_path=out
+        )
+        runs[flag] = (child, out, valgrind_log)
+    result: dict = {"requests": cfg.instruction_requests, "counted_function": COUNTED_FUNCTION}
+    for flag, (child, out, valgrind_log) in runs.items():
+        task = finish_task(procs, child, out, timeout=600)
+        found = re.search(r"Collected : ([\d,]+)", valgrind_log.read_text())
+        total = int(found.group(1).replace(",", "")) if found else 0
+        if not total:
+            return {"skipped": f"callgrind counted nothing in {COUNTED_FUNCTION} (no symbols?)"}
+        result[flag] = {
+            "active_sinks": task["active_sinks"],
+            "per_request": round(total / cfg.instruction_requests),
+        }
+    result["ratio"] = ratio(result["on"]["per_request"], result["off"]["per_request"])
+    return result
+
+
 # ---- the table -------------------------------------------------------------------------------
 
 
@@ -842,6 +905,23 @@ def render(report: dict) -> str:
             ],
         )
     )
+    instr = report["instructions"]
+    add("")
+    if "skipped" in instr:
+        add(f"CPU instructions per chat request: skipped ({instr['skipped']})")
+    else:
+        add(
+            f"CPU instructions per chat request (callgrind; {instr['requests']} requests through "
+            "the REST view in process, no sender)"
+        )
+        add(
+            f"  flag off {instr['off']['per_request'] / 1e6:.2f}M, flag on "
+            f"{instr['on']['per_request'] / 1e6:.2f}M: on / off {fmt(instr['ratio'], 3)}"
+        )
+        add(
+            "  the turns' own cost of the flag, repeatable on a busy machine; the kernel's "
+            "writes (WAL) are not counted"
+        )
     add("")
     add("Peak memory per process (VmHWM)")
     by_role: dict[str, list] = {}
@@ -1097,6 +1177,9 @@ def run(cfg: Config, procs: Processes, tmp: Path, quick: bool, stamp: str) -> di
     sync = sync_throughput(procs, cfg, dbs, backlog_db, prepared["backlog"], emulator)
     procs.stop(emulator.child)
 
+    log("instructions per request (callgrind)")
+    instructions = instruction_counts(procs, cfg, dbs, down_url, tmp)
+
     report = {
         "started_at": stamp,
         "quick": quick,
@@ -1116,6 +1199,7 @@ def run(cfg: Config, procs: Processes, tmp: Path, quick: bool, stamp: str) -> di
         "backlog": prepared["backlog"],
         "sync": sync,
         "queries": {"off": prepared["q_off"], "on": prepared["q_on"]},
+        "instructions": instructions,
         "memory": [m for m in procs.memory_report() if m["role"] != "task"],
         "log_problems": procs.log_problems(),
         "git": git_info(),

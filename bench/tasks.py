@@ -4,6 +4,7 @@
     python bench/tasks.py backlog  --sessions 100 --turns 10000      (flag on, no sender running)
     python bench/tasks.py queries  --turns 10                        (queries per chat turn)
     python bench/tasks.py backlog-size
+    python bench/tasks.py instructions --requests 100 [--callgrind]  (a chat request's instructions)
 
 The environment picks the database (SQLITE_PATH) and the flag, as for the server. Every command
 prints one JSON object on stdout. Turns go through the real service, `sessions_app.services.
@@ -11,8 +12,10 @@ chat_turn`, so the rows are exactly what a chat turn writes.
 """
 
 import argparse
+import functools
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -115,6 +118,61 @@ def cmd_queries(args) -> dict:
     }
 
 
+def _callgrind_instrument() -> None:
+    """Turn callgrind's instrumentation on in this process (started with --instr-atstart=no, so
+    that start-up ran at near-native speed). Valgrind takes the command between blocks of guest
+    code, so the guest keeps running while it waits instead of blocking in a wait()."""
+    control = subprocess.Popen(
+        ["callgrind_control", "--instr=on", str(os.getpid())],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while control.poll() is None:
+        if time.monotonic() > deadline:
+            control.kill()
+            raise SystemExit("instructions: callgrind_control did not answer in 60 s")
+        sum(range(1000))
+    if control.returncode != 0:
+        raise SystemExit(f"instructions: callgrind_control failed ({control.returncode})")
+
+
+def cmd_instructions(args) -> dict:
+    """`requests` chat requests through the REST view, in process: Django's test client runs the
+    whole request (middleware, token authentication, serializer, view, the turn's transactions)
+    without a socket. With --callgrind the process runs under
+    `valgrind --tool=callgrind --collect-atstart=no --toggle-collect=functools_reduce`: the
+    measured requests run inside one functools.reduce call, so that only they are counted (not
+    the start-up, the warm-up, nor the wait for callgrind_control)."""
+    from django.test import Client
+    from rest_framework.authtoken.models import Token
+
+    token, _ = Token.objects.get_or_create(user=_user())
+    client = Client(HTTP_AUTHORIZATION=f"Token {token.key}", SERVER_NAME="127.0.0.1")
+
+    def request(_, i: int) -> None:
+        response = client.post(
+            "/api/v1/chat",
+            {"message": f"instruction count {i}", "session_id": f"instr-{i % args.sessions}"},
+            content_type="application/json",
+        )
+        if response.status_code != 200:
+            raise SystemExit(f"instructions: HTTP {response.status_code}: {response.content!r}")
+
+    for i in range(args.warmup):
+        request(None, i)
+    if args.callgrind:
+        _callgrind_instrument()
+    first = args.warmup
+    functools.reduce(request, range(first, first + args.requests), None)
+    return {
+        "requests": args.requests,
+        "warmup": args.warmup,
+        "sessions": args.sessions,
+        "active_sinks": [sink.name for sink in active_sinks()],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -130,12 +188,18 @@ def main() -> None:
     sub.add_parser("backlog-size")
     p = sub.add_parser("queries")
     p.add_argument("--turns", type=int, default=10)
+    p = sub.add_parser("instructions")
+    p.add_argument("--requests", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--sessions", type=int, default=8)
+    p.add_argument("--callgrind", action="store_true")
     args = parser.parse_args()
     handler = {
         "history": cmd_history,
         "backlog": cmd_backlog,
         "backlog-size": cmd_backlog_size,
         "queries": cmd_queries,
+        "instructions": cmd_instructions,
     }[args.cmd]
     print(json.dumps(handler(args)))
 

@@ -30,4 +30,10 @@ def test_quick_benchmark_runs(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert json.loads(out.read_text())["failed_checks"] == []
+    report = json.loads(out.read_text())
+    assert report["failed_checks"] == []
+    if shutil.which("valgrind") and shutil.which("callgrind_control"):
+        counts = report["instructions"]
+        assert counts["off"]["per_request"] > 0, counts
+        assert counts["on"]["active_sinks"] == ["foundry"], counts
+        assert counts["off"]["active_sinks"] == [], counts
