@@ -605,24 +605,27 @@ COUNTED_FUNCTION = "functools_reduce"
 
 
 def instruction_counts(
-    procs: Processes, cfg: Config, dbs: stack.Databases, down_url: str, tmp: Path
+    procs: Processes, cfg: Config, dbs: stack.Databases, on_env: dict, tmp: Path
 ) -> dict:
-    """Instructions per chat request with the flag off and on (no sender in the process: the
-    turns' own cost), both runs at once, one per CPU. Instructions leave out what the kernel
-    does (writing the WAL), so they complement the timed cases; they do not replace them."""
+    """Instructions per chat request with the flag off and on (`on_env`: no sender in the
+    process, the turns' own cost), both runs at once, one per CPU. Instructions leave out what
+    the kernel does (writing the WAL), so they complement the timed cases; they do not replace
+    them."""
     valgrind, control = shutil.which("valgrind"), shutil.which("callgrind_control")
     if not valgrind or not control:
         return {"skipped": "valgrind (with callgrind_control) is not installed"}
     runs = {}
     for flag, cpu in (("off", LOADGEN_CPU), ("on", SERVER_CPU)):
         env = stack.base_env(
-            SQLITE_PATH=str(dbs.fresh(f"instructions-{flag}")),
-            SYNC_IN_PROCESS="false",
-            SINK_WARM_UP="false",
-            **(stack.foundry_env(down_url) if flag == "on" else {}),
+            **{
+                "SQLITE_PATH": str(dbs.fresh(f"instructions-{flag}")),
+                "SYNC_IN_PROCESS": "false",
+                "SINK_WARM_UP": "false",
+                **(on_env if flag == "on" else {}),
+            }
         )
         valgrind_log = tmp / f"callgrind-{flag}.log"
-        args = [
+        callgrind = [
             valgrind,
             "--tool=callgrind",
             "--callgrind-out-file=/dev/null",
@@ -630,13 +633,10 @@ def instruction_counts(
             "--instr-atstart=no",  # start-up at near-native speed
             "--collect-atstart=no",
             f"--toggle-collect={COUNTED_FUNCTION}",
-            *stack.task_args(
-                "instructions", "--requests", str(cfg.instruction_requests), "--callgrind"
-            ),
         ]
-        out = tmp / f"task-instructions-{flag}.json"
-        child = procs.spawn(
-            f"task-instructions-{flag}", args, env, role="task", cpu=cpu, stdout_path=out
+        args = ["instructions", "--requests", str(cfg.instruction_requests), "--callgrind"]
+        child, out = spawn_task(
+            procs, f"task-instructions-{flag}", args, env, tmp, cpu=cpu, under=callgrind
         )
         runs[flag] = (child, out, valgrind_log)
     result: dict = {"requests": cfg.instruction_requests, "counted_function": COUNTED_FUNCTION}
@@ -974,11 +974,25 @@ def render(report: dict) -> str:
 
 
 def spawn_task(
-    procs: Processes, name: str, args: list[str], env: dict, tmp: Path
+    procs: Processes,
+    name: str,
+    args: list[str],
+    env: dict,
+    tmp: Path,
+    *,
+    cpu: int = LOADGEN_CPU,
+    under: list[str] | None = None,
 ) -> tuple[Child, Path]:
+    """Start `bench/tasks.py args` (under a wrapper such as valgrind, if given); its JSON goes
+    to `<tmp>/<name>.json`."""
     out = tmp / f"{name}.json"
     child = procs.spawn(
-        name, stack.task_args(*args), env, role="task", cpu=LOADGEN_CPU, stdout_path=out
+        name,
+        [*(under or []), *stack.task_args(*args)],
+        env,
+        role="task",
+        cpu=cpu,
+        stdout_path=out,
     )
     return child, out
 
@@ -1178,7 +1192,7 @@ def run(cfg: Config, procs: Processes, tmp: Path, quick: bool, stamp: str) -> di
     procs.stop(emulator.child)
 
     log("instructions per request (callgrind)")
-    instructions = instruction_counts(procs, cfg, dbs, down_url, tmp)
+    instructions = instruction_counts(procs, cfg, dbs, on_env_no_sender, tmp)
 
     report = {
         "started_at": stamp,
