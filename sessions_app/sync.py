@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
@@ -790,11 +790,13 @@ class ThreadClocks:
     def __init__(self) -> None:
         self._clocks: dict[int, float] = {}  # clock id -> its last reading
         self._lock = threading.Lock()
+        self.native_ids: set[int] = set()
 
     def add_current_thread(self) -> None:
         clock = time.pthread_getcpuclockid(threading.get_ident())
         with self._lock:
             self._clocks[clock] = 0.0
+            self.native_ids.add(threading.get_native_id())
 
     def seconds(self) -> float:
         with self._lock:
@@ -806,6 +808,59 @@ class ThreadClocks:
             return sum(self._clocks.values())
 
 
+class RunQueueWaits:
+    """The time the process's other threads (not `exclude`'s: the sender's) spent ready to run
+    but waiting for a CPU, from Linux's /proc/self/task/*/schedstat. That wait is the load a
+    process's own CPU time does not show: other processes on its CPU (more server processes
+    than cores, a batch job) take the CPU its turns wait for.
+
+    Reading every thread's file costs about 5 us a thread, so a reading stands for
+    MAX_AGE_S; `seconds()` is None where the kernel does not keep these figures."""
+
+    MAX_AGE_S = 0.2
+    TASKS = "/proc/self/task"
+
+    def __init__(self, exclude: Callable[[], set[int]] = set, clock=time.monotonic) -> None:
+        self._exclude = exclude
+        self._clock = clock
+        self._read_at: float | None = None
+        self._total: float | None = None
+        # Thread id -> its last reading: a thread that ended keeps counting what it waited.
+        self._waited: dict[int, float] = {}
+        self._reused = 0.0  # the readings of threads whose id a new thread took
+        self.available = os.path.exists(f"{self.TASKS}/{threading.get_native_id()}/schedstat")
+
+    def seconds(self) -> float | None:
+        if not self.available:
+            return None
+        now = self._clock()
+        if self._read_at is None or now - self._read_at >= self.MAX_AGE_S:
+            self._read_at = now
+            self._total = self._read()
+        return self._total
+
+    def _read(self) -> float:
+        exclude = self._exclude()
+        try:
+            tids = [int(t) for t in os.listdir(self.TASKS)]
+        except OSError:
+            tids = []
+        for tid in tids:
+            if tid in exclude:
+                continue
+            try:
+                with open(f"{self.TASKS}/{tid}/schedstat", "rb") as stats:
+                    # "<ns on a CPU> <ns waiting on a run queue> <time slices>"
+                    waited = int(stats.read().split()[1]) / 1e9
+            except (OSError, ValueError, IndexError):
+                continue  # the thread has ended: its last reading stands
+            last = self._waited.get(tid, 0.0)
+            if waited < last:  # a new thread with an old thread's id
+                self._reused += last
+            self._waited[tid] = waited
+        return self._reused + sum(self._waited.values())
+
+
 class CpuPacer:
     """Paces the sender inside a server process so that the turns come first, as a database's
     cost-based vacuum delay does. The sender may use the CPU that the rest of the process leaves
@@ -814,8 +869,10 @@ class CpuPacer:
     delivers at `share` and catches up once the load eases. A CPU here is the one that the
     interpreter's lock lets a Python process use, whatever the machine has.
 
-    Measured over the last one to two WINDOW_S: the process's CPU time (`process_cpu`) and the
-    sender's own (`own_cpu`), so the figures hold whatever else runs on the machine."""
+    Measured over the last one to two WINDOW_S: the process's CPU time (`process_cpu`), the
+    sender's own (`own_cpu`) and the time the other threads waited for a CPU (`waited`, None
+    where unknown), which counts as load: a process that shares its CPU with other busy
+    processes (more servers than cores) uses little CPU itself, yet its turns wait for one."""
 
     WINDOW_S = 1.0
     # A process that gets less than a whole CPU (the interpreter's lock changing hands, other
@@ -824,17 +881,25 @@ class CpuPacer:
     MIN_DELAY_S = 0.01
     MAX_DELAY_S = 0.25
 
-    def __init__(self, share: float, own_cpu, process_cpu=time.process_time, clock=time.monotonic):
+    def __init__(
+        self,
+        share: float,
+        own_cpu,
+        process_cpu=time.process_time,
+        clock=time.monotonic,
+        waited=lambda: None,
+    ):
         self.share = share
         self._own_cpu = own_cpu
         self._process_cpu = process_cpu
         self._clock = clock
+        self._waited = waited
         self._turn = asyncio.Lock()
         first = self._sample()
         self._marks = (first, first)
 
-    def _sample(self) -> tuple[float, float, float]:
-        return self._clock(), self._process_cpu(), self._own_cpu()
+    def _sample(self) -> tuple[float, float, float, float]:
+        return self._clock(), self._process_cpu(), self._own_cpu(), self._waited() or 0.0
 
     def delay(self) -> float:
         """Seconds the sender should wait before its next call; 0 to go on now."""
@@ -850,7 +915,8 @@ class CpuPacer:
         # What the sender used past its share counts as taken from the rest of the process:
         # under the interpreter's lock it largely was, and otherwise the rest would look the
         # idler the more the sender ran (seen: a process that got 0.75 of a CPU gave it 28%).
-        load = (others + max(0.0, own - self.share * wall)) / wall
+        waited = now[3] - start[3]
+        load = (others + max(0.0, own - self.share * wall) + waited) / wall
         allowed = max(self.share, 1 - self.HEADROOM_CPU - load)  # CPUs
         # Within what it is allowed once `own` is spread over own / allowed seconds.
         return min(self.MAX_DELAY_S, max(0.0, own / allowed - wall))
@@ -909,7 +975,8 @@ def _run_in_process(stop: threading.Event) -> None:
     pacer = None
     if share < 1 and hasattr(time, "pthread_getcpuclockid"):
         clocks.add_current_thread()
-        pacer = CpuPacer(share, clocks.seconds)
+        waits = RunQueueWaits(exclude=lambda: clocks.native_ids)
+        pacer = CpuPacer(share, clocks.seconds, waited=waits.seconds)
 
     async def main() -> None:
         asyncio.get_running_loop().set_default_executor(

@@ -1,7 +1,12 @@
 """The sender inside a server process gives way to the turns: while the rest of the process is
-busy it keeps to SYNC_IN_PROCESS_CPU_SHARE of the CPU, and it runs at full speed otherwise."""
+busy, or its turns wait for a CPU that other processes hold, it keeps to
+SYNC_IN_PROCESS_CPU_SHARE of the CPU, and it runs at full speed otherwise."""
 
 import asyncio
+import contextlib
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -9,7 +14,7 @@ import pytest
 
 from sessions_app import services, sync
 from sessions_app.models import ChatSession, SinkState
-from sessions_app.sync import CpuPacer, Sender, ThreadClocks
+from sessions_app.sync import CpuPacer, RunQueueWaits, Sender, ThreadClocks
 from tests.foundry_integration.conftest import PacerProbe, sync_pass, thread_messages
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -18,8 +23,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 class Clocks:
     """Readings a test sets: wall time, the process's CPU and the sender's own CPU."""
 
-    def __init__(self) -> None:
-        self.wall = self.process = self.own = 0.0
+    def __init__(self, *, waits_known: bool = True) -> None:
+        self.wall = self.process = self.own = self.waited = 0.0
+        self.waits_known = waits_known
 
     def pacer(self, share: float) -> CpuPacer:
         return CpuPacer(
@@ -27,12 +33,14 @@ class Clocks:
             own_cpu=lambda: self.own,
             process_cpu=lambda: self.process,
             clock=lambda: self.wall,
+            waited=lambda: self.waited if self.waits_known else None,
         )
 
-    def spend(self, seconds: float, *, others: float, own: float = 0.0) -> None:
+    def spend(self, seconds: float, *, others: float, own: float = 0.0, waited=0.0) -> None:
         self.wall += seconds
         self.process += others + own
         self.own += own
+        self.waited += waited
 
 
 class TestCpuPacer:
@@ -65,6 +73,26 @@ class TestCpuPacer:
         pacer = clocks.pacer(0.05)
         clocks.spend(1.0, others=0.55, own=0.2)
         assert pacer.delay() == CpuPacer.MAX_DELAY_S
+
+    def test_the_time_the_turns_wait_for_a_cpu_counts_as_load(self):
+        # A process on a CPU that other busy processes share: it got 0.4 of a CPU, a tenth to
+        # the sender, and its threads waited 0.5 s for the rest. By CPU time alone the process
+        # looks 60% idle.
+        clocks = Clocks()
+        pacer = clocks.pacer(0.05)
+        clocks.spend(1.0, others=0.3, own=0.1, waited=0.5)
+        assert pacer.delay() == CpuPacer.MAX_DELAY_S
+        # The same CPU times with nothing waiting: the sender may go on.
+        clocks = Clocks()
+        pacer = clocks.pacer(0.05)
+        clocks.spend(1.0, others=0.3, own=0.1)
+        assert pacer.delay() == 0
+
+    def test_where_the_waits_are_unknown_the_cpu_times_decide(self):
+        clocks = Clocks(waits_known=False)
+        pacer = clocks.pacer(0.05)
+        clocks.spend(1.0, others=0.3, own=0.1, waited=0.5)
+        assert pacer.delay() == 0
 
     def test_an_idle_process_does_not_hold_the_sender_back(self):
         clocks = Clocks()
@@ -113,6 +141,97 @@ class TestThreadClocks:
         assert clocks.seconds() >= seen
 
 
+def last_cpu() -> int:
+    return max(os.sched_getaffinity(0))
+
+
+@contextlib.contextmanager
+def pinned_to(cpu: int):
+    """This thread, and the threads it starts meanwhile, on `cpu` only."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})  # Linux: 0 is the calling thread
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+@contextlib.contextmanager
+def busy_process(cpu: int):
+    """Another process that keeps `cpu` busy (a second server on the core, a batch job)."""
+    hog = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import os\nos.sched_setaffinity(0, {{{cpu}}})\nwhile True:\n    pass",
+        ]
+    )
+    try:
+        time.sleep(0.2)  # running and pinned
+        yield
+    finally:
+        hog.kill()
+        hog.wait()
+
+
+waits_unknown = pytest.mark.skipif(
+    not RunQueueWaits().available, reason="this kernel keeps no run-queue waits per thread"
+)
+
+
+@waits_unknown
+class TestRunQueueWaits:
+    def waited_beside_a_busy_process(self, *, exclude_worker: bool) -> float:
+        """The reading's growth while a thread burns 0.2 s of CPU on a CPU that a busy
+        process shares."""
+        excluded: set[int] = set()
+        waits = RunQueueWaits(lambda: excluded)
+        cpu = last_cpu()
+
+        burnt, read = threading.Event(), threading.Event()
+
+        def worker():
+            if exclude_worker:
+                excluded.add(threading.get_native_id())
+            burn_cpu(0.2)
+            burnt.set()
+            read.wait()  # read while it lives: an ended thread's file is gone
+
+        before = waits.seconds()
+        with busy_process(cpu):
+            with pinned_to(cpu):
+                thread = threading.Thread(target=worker)
+                thread.start()
+            burnt.wait()
+        time.sleep(RunQueueWaits.MAX_AGE_S)
+        after = waits.seconds()
+        read.set()
+        thread.join()
+        return after - before
+
+    def test_a_thread_that_shares_its_cpu_with_a_busy_process_waits(self):
+        # The scheduler shares the CPU between the two: for its 0.2 s the thread waited about
+        # as long.
+        assert self.waited_beside_a_busy_process(exclude_worker=False) > 0.1
+
+    def test_the_excluded_threads_do_not_count(self):
+        assert self.waited_beside_a_busy_process(exclude_worker=True) < 0.05
+
+    def test_a_reading_stands_for_a_while(self):
+        now = [0.0]
+        waits = RunQueueWaits(clock=lambda: now[0])
+        first = waits.seconds()
+        burn_cpu(0.05)
+        time.sleep(0.01)  # whatever this thread waited meanwhile, it is not read yet
+        assert waits.seconds() == first
+        now[0] += RunQueueWaits.MAX_AGE_S
+        assert waits.seconds() >= first
+
+    def test_none_where_the_kernel_keeps_no_figures(self, tmp_path, monkeypatch):
+        monkeypatch.setattr(RunQueueWaits, "TASKS", str(tmp_path))
+        assert RunQueueWaits().seconds() is None
+
+
 def thread_cpu(prefix: str) -> float:
     """The CPU time of the live threads whose name starts with `prefix`."""
     return sum(
@@ -129,61 +248,88 @@ def delivered() -> int:
 BUSY_S = 2.5  # how long the server is kept busy and the sender's share measured
 
 
-class TestInProcessSender:
-    def test_a_busy_server_holds_its_sender_back_and_an_idle_one_does_not(
-        self, user, foundry_agents, settings
-    ):
-        settings.SYNC_IN_PROCESS_CPU_SHARE = 0.05
-        settings.SYNC_POLL_INTERVAL_S = 0.05
-        settings.SYNC_BATCH_SIZE = 2  # a turn's two messages, as a busy server's are
-        # A server has its SDKs loaded before it serves (SINK_WARM_UP): load them now.
-        services.chat_turn(user=user, message="warm up", session_id="warm")
-        sync_pass()
-        for n in range(300):
-            services.chat_turn(user=user, message=f"message {n}", session_id=f"s{n % 30}")
-        wanted = 602
-        stop_burning, stop_sender = threading.Event(), threading.Event()
+def serve(stop: threading.Event) -> None:
+    """A server's request threads, busy until `stop`: each request ends in I/O, where the
+    interpreter's lock goes to the thread that waits for it."""
+    while not stop.is_set():
+        burn_cpu(0.001)
+        time.sleep(0)
 
-        def serve():
-            # A server's request threads, busy the whole time: each request ends in I/O, where
-            # the interpreter's lock goes to the thread that waits for it.
-            while not stop_burning.is_set():
-                burn_cpu(0.001)
-                time.sleep(0)
 
-        server = threading.Thread(target=serve, name="busy-server")
+def sender_beside_a_busy_server(user, emulator, *, cpu: int | None = None) -> tuple[float, float]:
+    """Run the in-process sender over a backlog of 300 turns while a busy "server" thread runs
+    for BUSY_S (on `cpu` only, if given); check that everything is delivered once the load has
+    stopped, and return the process's CPU and the sender's over the busy time."""
+    # A server has its SDKs loaded before it serves (SINK_WARM_UP): load them now.
+    services.chat_turn(user=user, message="warm up", session_id="warm")
+    sync_pass()
+    for n in range(300):
+        services.chat_turn(user=user, message=f"message {n}", session_id=f"s{n % 30}")
+    wanted = 602
+    stop_serving, stop_sender = threading.Event(), threading.Event()
+    with pinned_to(cpu) if cpu is not None else contextlib.nullcontext():
+        server = threading.Thread(target=serve, args=(stop_serving,), name="busy-server")
         sender = threading.Thread(
             target=sync._run_in_process, args=(stop_sender,), name="sync-sender"
         )
         server.start()
         sender.start()
-        try:
-            time.sleep(0.5)  # past the sender's start-up
-            process, own = time.process_time(), thread_cpu("sync-sender")
-            time.sleep(BUSY_S)
-            process, own = time.process_time() - process, thread_cpu("sync-sender") - own
-            busy_delivered = delivered()
-            stop_burning.set()
-            server.join()
-            deadline = time.monotonic() + 30
-            while delivered() < wanted:
-                assert time.monotonic() < deadline, f"{delivered()} of {wanted} delivered"
-                time.sleep(0.05)
-        finally:
-            stop_burning.set()
-            stop_sender.set()
-            sync.notify_sender()
-            sender.join(timeout=10)
-        # Paced, not stopped: some of the backlog went out while the server was busy.
-        assert 0 < busy_delivered < wanted
-        session = ChatSession.objects.get(session_id="s7")
-        assert len(thread_messages(foundry_agents, session.foundry_thread_id)) == 20
-        if process / BUSY_S < 0.85:
-            # The pacer reads "busy" from CPU time: a process the host keeps well short of a CPU
-            # looks partly idle to it, and its share cannot be judged here.
+    try:
+        time.sleep(0.5)  # past the sender's start-up
+        process, own = time.process_time(), thread_cpu("sync-sender")
+        time.sleep(BUSY_S)
+        process, own = time.process_time() - process, thread_cpu("sync-sender") - own
+        busy_delivered = delivered()
+        stop_serving.set()
+        server.join()
+        deadline = time.monotonic() + 30
+        while delivered() < wanted:
+            assert time.monotonic() < deadline, f"{delivered()} of {wanted} delivered"
+            time.sleep(0.05)
+    finally:
+        stop_serving.set()
+        stop_sender.set()
+        sync.notify_sender()
+        sender.join(timeout=10)
+    # Paced, not stopped: some of the backlog went out while the server was busy.
+    assert 0 < busy_delivered < wanted
+    session = ChatSession.objects.get(session_id="s7")
+    assert len(thread_messages(emulator, session.foundry_thread_id)) == 20
+    return process, own
+
+
+@pytest.fixture
+def paced(settings):
+    settings.SYNC_IN_PROCESS_CPU_SHARE = 0.05
+    settings.SYNC_POLL_INTERVAL_S = 0.05
+    settings.SYNC_BATCH_SIZE = 2  # a turn's two messages, as a busy server's are
+
+
+@pytest.mark.usefixtures("paced")
+class TestInProcessSender:
+    def test_a_busy_server_holds_its_sender_back_and_an_idle_one_does_not(
+        self, user, foundry_agents
+    ):
+        process, own = sender_beside_a_busy_server(user, foundry_agents)
+        if process / BUSY_S < 0.85 and not RunQueueWaits().available:
+            # Without the run-queue waits the pacer reads "busy" from CPU time only: a process
+            # the host keeps well short of a CPU looks partly idle to it.
             pytest.skip(f"the process got only {process / BUSY_S:.2f} of a CPU: the host is busy")
         # 5%, give or take the calls that were already on their way when the pacer checked.
         assert own / process < 0.12, (own, process)
+
+    @waits_unknown
+    def test_a_server_whose_cpu_another_busy_process_shares_holds_its_sender_back(
+        self, user, foundry_agents
+    ):
+        # The process gets about half the CPU: by its CPU time it looks half idle, but its
+        # turns wait for the CPU the other process holds.
+        cpu = last_cpu()
+        with busy_process(cpu):
+            process, own = sender_beside_a_busy_server(user, foundry_agents, cpu=cpu)
+        assert process / BUSY_S < 0.75, "the other process did not take its part of the CPU"
+        # 5% of the CPU, as above; the sender would take about a quarter.
+        assert own / BUSY_S < 0.08, (own, process)
 
 
 def test_the_sender_waits_for_its_share_before_each_delivery(user, foundry_agents):
