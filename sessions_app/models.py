@@ -16,8 +16,13 @@ identifier_validator = RegexValidator(
 
 
 class ChatSession(models.Model):
+    # No index of its own on this and the other foreign keys below: a unique constraint (here
+    # also chat_session_recent) leads with the column, and every write skips one more index.
     owner = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_sessions"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="chat_sessions",
+        db_index=False,
     )
     session_id = models.CharField(max_length=128, validators=[identifier_validator])
     agent_id = models.CharField(max_length=128, validators=[identifier_validator])
@@ -63,7 +68,9 @@ class ChatMessage(models.Model):
         ASSISTANT = "assistant"
         SYSTEM = "system"
 
-    session = models.ForeignKey(ChatSession, on_delete=models.CASCADE, related_name="messages")
+    session = models.ForeignKey(
+        ChatSession, on_delete=models.CASCADE, related_name="messages", db_index=False
+    )
     seq = models.PositiveIntegerField()
     role = models.CharField(max_length=16, choices=Role.choices)
     content = models.TextField()
@@ -89,7 +96,9 @@ class SinkState(models.Model):
     sender died mid-batch and the remote side is checked before anything is sent again.
     """
 
-    session = models.ForeignKey(ChatSession, on_delete=models.CASCADE, related_name="sink_states")
+    session = models.ForeignKey(
+        ChatSession, on_delete=models.CASCADE, related_name="sink_states", db_index=False
+    )
     sink = models.CharField(max_length=32)
     remote_id = models.CharField(max_length=256, null=True, blank=True)  # noqa: DJ001
     wanted_seq = models.PositiveIntegerField(default=0)
@@ -127,7 +136,9 @@ class SinkReceipt(models.Model):
     """The remote id of one delivered message: the proof that it is on the sink, so it is never
     sent twice."""
 
-    state = models.ForeignKey(SinkState, on_delete=models.CASCADE, related_name="receipts")
+    state = models.ForeignKey(
+        SinkState, on_delete=models.CASCADE, related_name="receipts", db_index=False
+    )
     seq = models.PositiveIntegerField()
     remote_id = models.CharField(max_length=256)
 
