@@ -1,5 +1,5 @@
-"""Benchmark harness of the chat backend (issue 7): what the Foundry flag, the sinks and the stack
-cost, measured side by side in one run so that ratios hold on a noisy machine.
+"""Benchmark harness of the chat backend: what the Foundry flag, the sinks and the stack cost,
+measured side by side in one run so that ratios hold on a noisy machine.
 
     .venv/bin/python bench/run.py [--quick] [--rounds N] [--seconds S] [--out FILE.json]
 
@@ -8,8 +8,10 @@ constant-view baseline as separate processes on 127.0.0.1, pinned to CPU 1 (`tas
 drives them from this process, pinned to CPU 0, with closed-loop keep-alive clients. The Foundry
 emulator stands for Azure, which is not on the server's machine: it runs on CPU 0 too. REST and
 WebSocket cases are interleaved in rotated rounds, with medians over rounds, an A/A pair for the
-noise floor, and a drain after every case that leaves work for the emulator. Figures are
-medians; compare cases only by their ratios.
+noise floor, and a drain after every case that leaves work for the emulator. Then the flag's
+servers at 8 clients are loaded at the same time, side by side on one CPU, for ratios that the
+machine's changes of speed cannot move apart. Figures are medians; compare cases only by their
+ratios.
 
 Cases:
   1-2. REST chat at 1/8/32 clients: flag off; flag on with the emulator at 150 ms; flag on with
@@ -293,6 +295,115 @@ def run_rounds(cases: list[Case], cfg: Config, token: str, procs: Processes) -> 
             case.rounds.append(result)
     for child in servers:
         child.resume()
+
+
+# ---- side by side ----------------------------------------------------------------------------
+
+# The configurations loaded at once, at cfg.aa_clients clients each; the first is the reference.
+SIDE_BY_SIDE = ("off", "twin", "on", "down", "nosender")
+
+
+def side_by_side(cases: list[Case], cfg: Config, token: str) -> dict:
+    """The flag's servers and flag off (twice: the A/A pair), loaded at the same time on the
+    same CPU, `cfg.rounds` times. Whatever slows the machine down at a moment slows them all
+    alike, so their ratios within a round hold far tighter than those of cases run one after
+    another: the CPU time per request, and req/s, p50 and p99 under an equal share of the CPU.
+    Each round ends with a drain of the flag-on server's backlog."""
+    by_key = {c.key: c for c in cases}
+    chosen = [by_key[f"{name}-{cfg.aa_clients}"] for name in SIDE_BY_SIDE]
+    others = [c.server.child for c in cases if c not in chosen]
+    for child in others:
+        child.pause()
+    rounds = []
+    try:
+        for r in range(cfg.rounds):
+            log(f"side by side, round {r + 1}/{cfg.rounds}: " + " ".join(c.key for c in chosen))
+            results = asyncio.run(_load_together(chosen, cfg, token, f"sbs{r}"))
+            for case in chosen:
+                if case.emulator is not None:
+                    results[case.key]["drain"] = drain(case, cfg)
+            for case in chosen:
+                case.server.child.quiesce()
+            rounds.append(results)
+    finally:
+        for child in others:
+            child.resume()
+    return summarize_side_by_side(chosen, rounds, cfg)
+
+
+async def _load_together(cases: list[Case], cfg: Config, token: str, tag: str) -> dict:
+    cpu: dict[str, list] = {}
+
+    async def read_cpu(name: str, after: float) -> None:
+        await asyncio.sleep(after)
+        cpu[name] = [cpu_seconds(c.server.child.pid) for c in cases]
+
+    results = await asyncio.gather(
+        *(
+            loadgen.rest_chat(
+                url=c.server.url + "/api/v1/chat",
+                token=token,
+                clients=c.clients,
+                seconds=cfg.seconds,
+                warmup=cfg.warmup,
+                session_prefix=f"{tag}-{c.key}-client-",
+            )
+            for c in cases
+        ),
+        read_cpu("start", cfg.warmup),
+        read_cpu("end", cfg.warmup + cfg.seconds),
+    )
+    out = {}
+    for i, case in enumerate(cases):
+        result = results[i]
+        before, after = cpu["start"][i], cpu["end"][i]
+        used = after - before if before is not None and after is not None else None
+        result["cpu_ms_per_request"] = (
+            round(1000 * used / result["requests"], 3) if used and result["requests"] else None
+        )
+        result["server_cpu_util"] = round(used / cfg.seconds, 2) if used is not None else None
+        out[case.key] = result
+    return out
+
+
+def summarize_side_by_side(cases: list[Case], rounds: list[dict], cfg: Config) -> dict:
+    reference = cases[0].key
+    fields_ = ("rps", "p50_ms", "p99_ms", "cpu_ms_per_request")
+    out = {"clients": cfg.aa_clients, "rounds": rounds, "cases": []}
+    for case in cases:
+        mine = [r[case.key] for r in rounds]
+        row = {
+            "case": case.key,
+            "label": case.label,
+            **{name: median([m.get(name) for m in mine]) for name in fields_},
+            "server_cpu_util": median([m.get("server_cpu_util") for m in mine]),
+            "errors": sum(m["errors"] for m in mine),
+            "requests": sum(m["requests"] for m in mine),
+        }
+        if case.key != reference:
+            # Ratios within each round first, then their median: the pairing is the point.
+            per_round = {
+                name: [ratio(r[case.key].get(name), r[reference].get(name)) for r in rounds]
+                for name in fields_
+            }
+            for name in fields_:
+                row[f"{name}_ratio"] = median(per_round[name])
+            cpu_ratios = [v for v in per_round["cpu_ms_per_request"] if v is not None]
+            row["cpu_ratio_range"] = [min(cpu_ratios), max(cpu_ratios)] if cpu_ratios else None
+            if case.config != "off-twin":  # the twin is the noise, not a flag case
+                row["within_target"] = all(
+                    row[f"{n}_ratio"] is not None for n in ("rps", "p50_ms", "p99_ms")
+                ) and (
+                    row["rps_ratio"] >= 1 - TARGET_FLAG_RATIO
+                    and row["p50_ms_ratio"] <= 1 + TARGET_FLAG_RATIO
+                    and row["p99_ms_ratio"] <= 1 + TARGET_FLAG_RATIO
+                )
+        if case.emulator is not None:
+            row["pending_at_end_median"] = median(
+                [m["drain"]["pending_at_end"] for m in mine if "drain" in m]
+            )
+        out["cases"].append(row)
+    return out
 
 
 def summarize_case(case: Case) -> dict:
@@ -710,6 +821,44 @@ def _rest_rows(report: dict) -> list[list]:
     return rows
 
 
+def _side_by_side_lines(report: dict) -> list[str]:
+    together = report["side_by_side"]
+    lines = [
+        f"Side by side: these servers loaded at once on CPU {SERVER_CPU}, "
+        f"{together['clients']} clients each; ratios to flag off within a round, medians over "
+        f"{len(together['rounds'])} round(s)",
+        f"  (target: req/s >= {1 - TARGET_FLAG_RATIO:.2f}, p50 and p99 <= "
+        f"{1 + TARGET_FLAG_RATIO:.2f}; the A/A twin shows the noise left)",
+    ]
+    rows = []
+    for row in together["cases"]:
+        spread = row.get("cpu_ratio_range")
+        rows.append(
+            [
+                row["label"],
+                fmt(row["rps"]),
+                fmt(row["cpu_ms_per_request"], 3),
+                fmt(row.get("cpu_ms_per_request_ratio"), 3),
+                f"{spread[0]:.3f}-{spread[1]:.3f}" if spread else "-",
+                fmt(row.get("rps_ratio"), 3),
+                fmt(row.get("p50_ms_ratio"), 3),
+                fmt(row.get("p99_ms_ratio"), 3),
+                verdict(row["within_target"]) if "within_target" in row else "",
+            ]
+        )
+    lines += table(
+        ["case", "req/s", "CPU ms/req", "CPU/req", "range", "req/s", "p50", "p99", "target"],
+        rows,
+    )
+    lines += [
+        "  CPU ms/req: the server's CPU time per answered request, its own and its sender's;",
+        "  the in-process sender is paced to the CPU left idle, but never below",
+        "  SYNC_IN_PROCESS_CPU_SHARE of a CPU: here, with five servers on one CPU, that floor is",
+        "  five times the part of the server's CPU it is when the server has a CPU of its own",
+    ]
+    return lines
+
+
 def render(report: dict) -> str:
     cfg, summary, cmp_ = report["config"], report["cases"], report["comparisons"]
     lines: list[str] = []
@@ -774,6 +923,8 @@ def render(report: dict) -> str:
     stuck = [k for k, s in summary.items() if s.get("left_after_drain_max")]
     if stuck:
         add(f"  drain incomplete (timed out or stalled) after: {', '.join(stuck)}")
+    add("")
+    extend(_side_by_side_lines(report))
     add("")
     add(f"Flag-off chat / constant view, req/s (target >= {TARGET_BASELINE_FRACTION:.2f})")
     rows = [
@@ -1018,6 +1169,11 @@ def failed_checks(report: dict) -> list[str]:
             problems.append(f"{key}: no successful request")
         if s["errors"]:
             problems.append(f"{key}: {s['errors']} errors")
+    for row in report["side_by_side"]["cases"]:
+        if not row["requests"]:
+            problems.append(f"side by side, {row['case']}: no successful request")
+        if row["errors"]:
+            problems.append(f"side by side, {row['case']}: {row['errors']} errors")
     cold = report["cold_start"]
     for name, c in [("local", cold["local"])] + [
         (f"foundry {f['latency_ms']} ms", f) for f in cold["foundry"]
@@ -1178,6 +1334,7 @@ def run(cfg: Config, procs: Processes, tmp: Path, quick: bool, stamp: str) -> di
     log(f"{len(cases)} cases x {cfg.rounds} rounds x {cfg.seconds} s")
     run_rounds(cases, cfg, token, procs)
     summary = {c.key: summarize_case(c) for c in cases}
+    together = side_by_side(cases, cfg, token)
     procs.stop_many([case.server.child for case in cases])
 
     log("cold start: local history")
@@ -1209,6 +1366,7 @@ def run(cfg: Config, procs: Processes, tmp: Path, quick: bool, stamp: str) -> di
         },
         "cases": summary,
         "comparisons": compare(summary, cfg),
+        "side_by_side": together,
         "cold_start": {"local": cold_local, "foundry": cold_foundry},
         "backlog": prepared["backlog"],
         "sync": sync,

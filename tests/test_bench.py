@@ -32,6 +32,17 @@ def test_quick_benchmark_runs(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["failed_checks"] == []
+    together = report["side_by_side"]["cases"]
+    assert [row["case"] for row in together] == [
+        "off-8",
+        "twin-8",
+        "on-8",
+        "down-8",
+        "nosender-8",
+    ]
+    for row in together:
+        assert row["requests"] > 0 and row["cpu_ms_per_request"] > 0, row
+    assert together[2]["cpu_ms_per_request_ratio"] > 0, together[2]
     if shutil.which("valgrind") and shutil.which("callgrind_control"):
         counts = report["instructions"]
         assert counts["off"]["per_request"] > 0, counts
