@@ -790,6 +790,7 @@ class ThreadClocks:
     def __init__(self) -> None:
         self._clocks: dict[int, float] = {}  # clock id -> its last reading
         self._lock = threading.Lock()
+        # The threads' kernel ids, for RunQueueWaits to leave out (only ever added to).
         self.native_ids: set[int] = set()
 
     def add_current_thread(self) -> None:
@@ -820,14 +821,16 @@ class RunQueueWaits:
     MAX_AGE_S = 0.2
     TASKS = "/proc/self/task"
 
-    def __init__(self, exclude: Callable[[], set[int]] = set, clock=time.monotonic) -> None:
+    def __init__(
+        self, exclude: Callable[[], set[int]] = set, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._exclude = exclude
         self._clock = clock
         self._read_at: float | None = None
         self._total: float | None = None
-        # Thread id -> its last reading: a thread that ended keeps counting what it waited.
+        # Thread id -> its last reading; what ended threads waited stays in `_ended`.
         self._waited: dict[int, float] = {}
-        self._reused = 0.0  # the readings of threads whose id a new thread took
+        self._ended = 0.0
         self.available = os.path.exists(f"{self.TASKS}/{threading.get_native_id()}/schedstat")
 
     def seconds(self) -> float | None:
@@ -842,23 +845,23 @@ class RunQueueWaits:
     def _read(self) -> float:
         exclude = self._exclude()
         try:
-            tids = [int(t) for t in os.listdir(self.TASKS)]
+            tids = {int(t) for t in os.listdir(self.TASKS)}
         except OSError:
-            tids = []
-        for tid in tids:
-            if tid in exclude:
-                continue
+            tids = set()
+        for gone in self._waited.keys() - tids:
+            self._ended += self._waited.pop(gone)
+        for tid in tids - exclude:
             try:
                 with open(f"{self.TASKS}/{tid}/schedstat", "rb") as stats:
                     # "<ns on a CPU> <ns waiting on a run queue> <time slices>"
                     waited = int(stats.read().split()[1]) / 1e9
             except (OSError, ValueError, IndexError):
-                continue  # the thread has ended: its last reading stands
+                continue  # ended meanwhile: its last reading stands
             last = self._waited.get(tid, 0.0)
-            if waited < last:  # a new thread with an old thread's id
-                self._reused += last
+            if waited < last:  # a new thread took an ended thread's id between two readings
+                self._ended += last
             self._waited[tid] = waited
-        return self._reused + sum(self._waited.values())
+        return self._ended + sum(self._waited.values())
 
 
 class CpuPacer:
@@ -884,10 +887,10 @@ class CpuPacer:
     def __init__(
         self,
         share: float,
-        own_cpu,
-        process_cpu=time.process_time,
-        clock=time.monotonic,
-        waited=lambda: None,
+        own_cpu: Callable[[], float],
+        process_cpu: Callable[[], float] = time.process_time,
+        clock: Callable[[], float] = time.monotonic,
+        waited: Callable[[], float | None] = lambda: None,
     ):
         self.share = share
         self._own_cpu = own_cpu
