@@ -53,10 +53,14 @@ class Window:
 class Tally:
     latencies: list[float] = field(default_factory=list)
     errors: Counter = field(default_factory=Counter)
+    # Answers (200) that ended in the window, wherever they started: the work a server finished
+    # in it, to divide its CPU time in the window by.
+    completed: int = 0
 
     def result(self, seconds: float) -> dict:
         return {
             "requests": len(self.latencies),
+            "completed": self.completed,
             "errors": sum(self.errors.values()),
             "error_kinds": dict(self.errors),
             "rps": round(len(self.latencies) / seconds, 1),
@@ -104,6 +108,8 @@ async def rest_chat(
             except (TimeoutError, aiohttp.ClientError) as exc:
                 status = type(exc).__name__
             ended = time.perf_counter()
+            if status == 200 and window.start <= ended <= window.end:
+                tally.completed += 1
             if not window.holds(began, ended):
                 continue
             if status == 200:

@@ -62,6 +62,7 @@ from bench.procs import (
     Child,
     Processes,
     cpu_seconds,
+    cpu_seconds_fine,
     free_port,
     run_checked,
 )
@@ -336,7 +337,7 @@ async def _load_together(cases: list[Case], cfg: Config, token: str, tag: str) -
 
     async def read_cpu(name: str, after: float) -> None:
         await asyncio.sleep(after)
-        cpu[name] = [cpu_seconds(c.server.child.pid) for c in cases]
+        cpu[name] = [cpu_seconds_fine(c.server.child.pid) for c in cases]
 
     results = await asyncio.gather(
         *(
@@ -358,9 +359,10 @@ async def _load_together(cases: list[Case], cfg: Config, token: str, tag: str) -
         result = results[i]
         before, after = cpu["start"][i], cpu["end"][i]
         used = after - before if before is not None and after is not None else None
-        result["cpu_ms_per_request"] = (
-            round(1000 * used / result["requests"], 3) if used and result["requests"] else None
-        )
+        done = result["completed"]
+        # (None if a thread ended in the window and took its CPU time with it: rare, in a pool)
+        ok = used is not None and used > 0 and done
+        result["cpu_ms_per_request"] = round(1000 * used / done, 3) if ok else None
         result["server_cpu_util"] = round(used / cfg.seconds, 2) if used is not None else None
         out[case.key] = result
     return out
