@@ -393,12 +393,8 @@ def summarize_side_by_side(cases: list[Case], rounds: list[dict], cfg: Config) -
             cpu_ratios = [v for v in per_round["cpu_ms_per_request"] if v is not None]
             row["cpu_ratio_range"] = [min(cpu_ratios), max(cpu_ratios)] if cpu_ratios else None
             if case.config != "off-twin":  # the twin is the noise, not a flag case
-                row["within_target"] = all(
-                    row[f"{n}_ratio"] is not None for n in ("rps", "p50_ms", "p99_ms")
-                ) and (
-                    row["rps_ratio"] >= 1 - TARGET_FLAG_RATIO
-                    and row["p50_ms_ratio"] <= 1 + TARGET_FLAG_RATIO
-                    and row["p99_ms_ratio"] <= 1 + TARGET_FLAG_RATIO
+                row["within_target"] = within_flag_target(
+                    row["rps_ratio"], row["p50_ms_ratio"], row["p99_ms_ratio"]
                 )
         if case.emulator is not None:
             row["pending_at_end_median"] = median(
@@ -440,6 +436,17 @@ def summarize_case(case: Case) -> dict:
     return out
 
 
+def within_flag_target(rps_ratio, p50_ratio, p99_ratio) -> bool:
+    """Flag on against flag off: req/s, p50 and p99 all within TARGET_FLAG_RATIO."""
+    if None in (rps_ratio, p50_ratio, p99_ratio):
+        return False
+    return (
+        rps_ratio >= 1 - TARGET_FLAG_RATIO
+        and p50_ratio <= 1 + TARGET_FLAG_RATIO
+        and p99_ratio <= 1 + TARGET_FLAG_RATIO
+    )
+
+
 def compare(summary: dict, cfg: Config) -> dict:
     out = {"flag": [], "baseline": [], "aa": None}
     for clients in cfg.clients:
@@ -456,12 +463,8 @@ def compare(summary: dict, cfg: Config) -> dict:
                 "p50_ratio": ratio(s["p50_ms"], off["p50_ms"]),
                 "p99_ratio": ratio(s["p99_ms"], off["p99_ms"]),
             }
-            row["within_target"] = all(
-                v is not None for v in (row["rps_ratio"], row["p50_ratio"], row["p99_ratio"])
-            ) and (
-                row["rps_ratio"] >= 1 - TARGET_FLAG_RATIO
-                and row["p50_ratio"] <= 1 + TARGET_FLAG_RATIO
-                and row["p99_ratio"] <= 1 + TARGET_FLAG_RATIO
+            row["within_target"] = within_flag_target(
+                row["rps_ratio"], row["p50_ratio"], row["p99_ratio"]
             )
             out["flag"].append(row)
         base = summary[f"base-{clients}"]
