@@ -6,10 +6,11 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from sessions_app import remote_history, selectors, sql
@@ -127,16 +128,19 @@ def _message_append(
     """
     is_user = role == ChatMessage.Role.USER
     match = {"id": session_pk} if session_pk is not None else _key_columns(key)
-    session = _session_advance(match=match, user_turn=is_user)
+    # The message's time is the session's new activity time.
+    now = timezone.now()
+    stamp = sql.db().ops.adapt_datetimefield_value(now)
+    session = _session_advance(match=match, user_turn=is_user, now=now, stamp=stamp)
     if session is None:
         if session_pk is not None:
             raise SessionGone(key["session_id"])
         ChatSession.objects.get_or_create(**key)
-        session = _session_advance(match=match, user_turn=is_user)
+        session = _session_advance(match=match, user_turn=is_user, now=now, stamp=stamp)
         if session is None:  # deleted again between its creation and now
             raise SessionGone(key["session_id"])
     session.owner = key["owner"]
-    message = _message_insert(session=session, role=role, content=content)
+    message = _message_insert(session=session, role=role, content=content, now=now, stamp=stamp)
     if sinks:
         # A turn that reads the session's remote history first wakes the sender only with its
         # reply: woken now, the sender would read the same thread at the same time.
@@ -168,15 +172,16 @@ _ADVANCE_RETURNS = (
 )
 
 
-def _session_advance(*, match: dict, user_turn: bool) -> ChatSession | None:
-    """Give the matching session its next sequence number and return it (None: no such row).
+def _session_advance(
+    *, match: dict, user_turn: bool, now: datetime, stamp: object
+) -> ChatSession | None:
+    """Give the matching session its next sequence number and return it (None: no such row);
+    `now` is its activity time, `stamp` the same as the database driver takes it.
 
     One UPDATE ... RETURNING instead of a locking read and a write: the update holds the row
     lock until the transaction ends (SQLite: the IMMEDIATE transaction's write lock), so
     concurrent turns on one session get gapless, unique sequence numbers.
     """
-    now = timezone.now()
-    stamp = connection.ops.adapt_datetimefield_value(now)
     col = functools.partial(sql.column, ChatSession)
     where = " AND ".join(f"{col(name)} = %s" for name in match)
     row = sql.fetch_one(
@@ -192,9 +197,10 @@ def _session_advance(*, match: dict, user_turn: bool) -> ChatSession | None:
     return sql.instance(ChatSession, {**values, "last_activity_at": now, "updated_at": now})
 
 
-def _message_insert(*, session: ChatSession, role: str, content: str) -> ChatMessage:
-    """Insert the session's message number `session.last_seq`."""
-    now = timezone.now()
+def _message_insert(
+    *, session: ChatSession, role: str, content: str, now: datetime, stamp: object
+) -> ChatMessage:
+    """Insert the session's message number `session.last_seq`, created at `now` (`stamp`)."""
     values = {
         "session_id": session.pk,
         "seq": session.last_seq,
@@ -207,7 +213,7 @@ def _message_insert(*, session: ChatSession, role: str, content: str) -> ChatMes
         f"({sql.columns(ChatMessage, [*values, 'created_at'])}) "
         f"VALUES ({', '.join(['%s'] * (len(values) + 1))}) "
         f"RETURNING {sql.column(ChatMessage, 'id')}",
-        [*values.values(), connection.ops.adapt_datetimefield_value(now)],
+        [*values.values(), stamp],
     )
     message = sql.instance(ChatMessage, {"id": pk, **values, "created_at": now})
     message.session = session

@@ -8,33 +8,80 @@ both databases (RETURNING needs SQLite 3.35, which chatproject.sqlite requires).
 off those paths uses the ORM.
 """
 
-from collections.abc import Sequence
-from functools import cache
+import operator
+import re
+from collections.abc import Callable, Sequence
+from functools import cache, lru_cache
 from typing import TypeVar
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Model
 
 M = TypeVar("M", bound=Model)
+R = TypeVar("R")
+
+
+def db() -> BaseDatabaseWrapper:
+    """This thread's connection. `django.db.connection` looks it up again on every attribute
+    (about 4 µs each, asgiref's thread-or-task local); a hot path looks it up once."""
+    return connections[DEFAULT_DB_ALIAS]
 
 
 def fetch_one(sql: str, params: Sequence) -> tuple | None:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchone()
+    return _run(sql, params, operator.methodcaller("fetchone"))
 
 
 def execute(sql: str, params: Sequence) -> int:
     """Run a statement; the number of rows it changed."""
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.rowcount
+    return _run(sql, params, operator.attrgetter("rowcount"))
 
 
 def fetch_all(sql: str, params: Sequence) -> list[tuple]:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall()
+    return _run(sql, params, operator.methodcaller("fetchall"))
+
+
+def _run(sql: str, params: Sequence, result: Callable[[object], R]) -> R:
+    """Run one statement (`%s` placeholders) and return `result(cursor)`.
+
+    On the driver's own cursor, not Django's wrapper: making and closing a Django cursor, its
+    execute's layers and SQLite's placeholder rewrite (a regular expression per call) cost
+    about 100k instructions a statement against 25k for the driver; that was a third of the
+    flag's cost per turn (see bench/README.md). What the wrapper does that matters is kept:
+    the connection is opened on first use and health-checked as Django does, a broken
+    transaction is refused, and errors come out as django.db's exceptions. Where Django
+    records or intercepts queries (DEBUG, CaptureQueriesContext, execute_wrapper) the
+    statement goes through Django's cursor, so it is seen like any other.
+    """
+    conn = db()
+    if conn.queries_logged or conn.execute_wrappers:
+        with conn.cursor() as cursor:
+            cursor.execute(sql, params)
+            return result(cursor)
+    conn.close_if_health_check_failed()
+    if conn.connection is None:
+        conn.ensure_connection()
+    conn.validate_no_broken_transaction()
+    with conn.wrap_database_errors:
+        if conn.vendor == "sqlite":
+            cursor = conn.connection.cursor()
+            sql = _qmark(sql)
+        else:
+            cursor = conn.create_cursor()
+        try:
+            cursor.execute(sql, params)
+            return result(cursor)
+        finally:
+            cursor.close()
+
+
+_FORMAT = re.compile(r"(?<!%)%s")
+
+
+@lru_cache(maxsize=512)
+def _qmark(sql: str) -> str:
+    """The statement with SQLite's placeholders, as Django's SQLite cursor rewrites it."""
+    return _FORMAT.sub("?", sql).replace("%%", "%")
 
 
 @cache
@@ -57,4 +104,4 @@ def instance(model: type[M], values: dict) -> M:
     """A model instance loaded from `values` (attname -> value); other fields load on access.
     No database converters run: give Python values (ints, strings, None), or convert first."""
     fields = [f.attname for f in model._meta.concrete_fields if f.attname in values]
-    return model.from_db(connection.alias, fields, [values[name] for name in fields])
+    return model.from_db(DEFAULT_DB_ALIAS, fields, [values[name] for name in fields])
