@@ -7,6 +7,7 @@ Without a token, the session cookie is used, but only when the request's Origin 
 (not a browser) or one of ALLOWED_HOSTS, so another site cannot ride a browser's cookie.
 """
 
+import functools
 from urllib.parse import parse_qs, urlparse
 
 from channels.auth import AuthMiddlewareStack
@@ -49,16 +50,20 @@ def token_user(key: str) -> AbstractBaseUser | None:
     one SQL statement (see sessions_app.sql); the user's other fields (username, ...) cost a
     query each on first access."""
     User = get_user_model()
-    user_pk = sql.column(User, User._meta.pk.attname)
-    row = sql.fetch_one(
-        f"SELECT u.{user_pk} FROM {sql.table(User)} u JOIN {sql.table(Token)} t "
-        f"ON t.{sql.column(Token, 'user_id')} = u.{user_pk} "
-        f"WHERE t.{sql.column(Token, 'key')} = %s AND u.{sql.column(User, 'is_active')} = %s",
-        [key, True],
-    )
+    row = sql.fetch_one(_token_user_sql(User), [key, True])
     if row is None:
         return None
     return sql.instance(User, {User._meta.pk.attname: row[0], "is_active": True})
+
+
+@functools.cache
+def _token_user_sql(User: type[AbstractBaseUser]) -> str:
+    user_pk = sql.column(User, User._meta.pk.attname)
+    return (
+        f"SELECT u.{user_pk} FROM {sql.table(User)} u JOIN {sql.table(Token)} t "
+        f"ON t.{sql.column(Token, 'user_id')} = u.{user_pk} "
+        f"WHERE t.{sql.column(Token, 'key')} = %s AND u.{sql.column(User, 'is_active')} = %s"
+    )
 
 
 class APITokenAuthentication(TokenAuthentication):

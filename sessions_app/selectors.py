@@ -1,5 +1,7 @@
 """Reads: a user's sessions and a session's history. Every lookup is scoped to the user."""
 
+import functools
+
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 
@@ -34,18 +36,23 @@ def session_history_window(
     """The last `limit` messages before the message `before` in the conversation, oldest first:
     the context for an agent. With `stored_before`, only messages stored before it: not a
     remote history imported since, which comes first in the conversation but later by id."""
-    # Every turn reads it: SQL, not the ORM (see sessions_app.sql). The message's seq is read
-    # in the same statement: an import renumbers every message of the session.
+    # Every turn reads it: SQL, not the ORM (see sessions_app.sql).
+    rows = sql.fetch_all(_history_sql(stored_before), [session.pk, before.pk, limit])
+    return [HistoryMessage(role=role, content=content) for role, content in reversed(rows)]
+
+
+@functools.cache
+def _history_sql(stored_before: bool) -> str:
+    # The message's seq is read in the same statement: an import renumbers every message of
+    # the session.
     seq, pk = sql.column(ChatMessage, "seq"), sql.column(ChatMessage, "id")
     bound = (
         f"{pk} < %s"
         if stored_before
         else f"{seq} < (SELECT {seq} FROM {sql.table(ChatMessage)} WHERE {pk} = %s)"
     )
-    rows = sql.fetch_all(
+    return (
         f"SELECT {sql.columns(ChatMessage, ['role', 'content'])} FROM {sql.table(ChatMessage)} "
         f"WHERE {sql.column(ChatMessage, 'session_id')} = %s AND {bound} "
-        f"ORDER BY {seq} DESC LIMIT %s",
-        [session.pk, before.pk, limit],
+        f"ORDER BY {seq} DESC LIMIT %s"
     )
-    return [HistoryMessage(role=role, content=content) for role, content in reversed(rows)]
