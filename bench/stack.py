@@ -117,9 +117,11 @@ def backlog_pending(db_path: Path) -> int:
     """Messages the database still wants delivered to a sink (read-only, beside the server)."""
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
     try:
+        # A pending state wants the session's messages through its newest (SinkState).
         row = conn.execute(
-            "SELECT COALESCE(SUM(wanted_seq - delivered_seq), 0) FROM sessions_app_sinkstate "
-            "WHERE wanted_seq > delivered_seq"
+            "SELECT COALESCE(SUM(MAX(s.wanted_seq, c.last_seq) - s.delivered_seq), 0) "
+            "FROM sessions_app_sinkstate s JOIN sessions_app_chatsession c ON c.id = s.session_id "
+            "WHERE s.wanted_seq > s.delivered_seq"
         ).fetchone()
         return int(row[0])
     finally:

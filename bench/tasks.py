@@ -31,6 +31,7 @@ django.setup()
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
 from django.db.models import F, Sum  # noqa: E402
+from django.db.models.functions import Greatest  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 
 from sessions_app.models import ChatMessage, SinkState  # noqa: E402
@@ -83,7 +84,7 @@ def cmd_backlog(args) -> dict:
 
 def backlog_size() -> dict:
     pending = SinkState.objects.filter(wanted_seq__gt=F("delivered_seq")).aggregate(
-        n=Sum(F("wanted_seq") - F("delivered_seq"))
+        n=Sum(Greatest("wanted_seq", "session__last_seq") - F("delivered_seq"))
     )["n"]
     return {
         "pending_messages": pending or 0,

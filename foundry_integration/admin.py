@@ -3,6 +3,7 @@ circuit breaker, the backlog and the latest errors."""
 
 from django.contrib import admin, messages
 from django.db.models import F, Sum
+from django.db.models.functions import Greatest
 from django.http import HttpRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -63,7 +64,9 @@ class FoundryStatusAdmin(admin.ModelAdmin):
                 health and health.open_until and health.open_until > timezone.now()
             ),
             "pending_sessions": pending.count(),
-            "pending_messages": pending.aggregate(n=Sum(F("wanted_seq") - F("delivered_seq")))["n"]
+            "pending_messages": pending.aggregate(
+                n=Sum(Greatest("wanted_seq", "session__last_seq") - F("delivered_seq"))
+            )["n"]
             or 0,
             "failing_sessions": SinkState.objects.filter(sink=sink.name, attempts__gt=0).count(),
             "pending_deletions": RemoteDeletion.objects.filter(sink=sink.name).count(),

@@ -120,7 +120,7 @@ class ChatSessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
                 sink_label(state),
                 state.remote_id or "(none yet)",
                 sync_summary(state),
-                f"{state.delivered_seq} of {state.wanted_seq}",
+                f"{state.delivered_seq} of {state.wanted_through}",
                 state.attempts,
                 state.next_attempt_at,
                 state.last_error or "-",

@@ -90,8 +90,11 @@ class ChatMessage(models.Model):
 class SinkState(models.Model):
     """Delivery of one session to one persistence sink (Foundry, Zep): the durable outbox.
 
-    A turn raises `wanted_seq`; the background sender delivers messages up to it, in order, and
-    advances `delivered_seq`. `remote_id` is the session's thread on the sink. `inflight_seq` is
+    The state is pending while `wanted_seq` > `delivered_seq`. A turn raises `wanted_seq` to its
+    message where the state was not pending (or creates the state); the background sender
+    delivers messages up to it, in order, advances `delivered_seq`, and on reaching
+    `wanted_seq` raises it to the session's newest message, which the turns of a pending
+    state leave it below. `remote_id` is the session's thread on the sink. `inflight_seq` is
     set while a batch is being sent: if it is still set when a sender claims the row, the last
     sender died mid-batch and the remote side is checked before anything is sent again.
     """
@@ -128,8 +131,15 @@ class SinkState(models.Model):
         return f"{self.sink} {self.session_id}: {self.delivered_seq}/{self.wanted_seq}"
 
     @property
+    def wanted_through(self) -> int:
+        """The newest message the sink wants: while pending, the session's newest."""
+        if self.wanted_seq <= self.delivered_seq:
+            return self.wanted_seq
+        return max(self.wanted_seq, self.session.last_seq)
+
+    @property
     def pending_count(self) -> int:
-        return max(self.wanted_seq - self.delivered_seq, 0)
+        return max(self.wanted_through - self.delivered_seq, 0)
 
 
 class SinkReceipt(models.Model):

@@ -145,7 +145,13 @@ def _message_append(
         # A turn that reads the session's remote history first wakes the sender only with its
         # reply: woken now, the sender would read the same thread at the same time.
         wake = not (is_user and session.history_import_from)
-        mark_pending(session=session, sinks=sinks, through_seq=message.seq, wake_sender=wake)
+        mark_pending(
+            session=session,
+            sinks=sinks,
+            through_seq=message.seq,
+            stamp=stamp,
+            wake_sender=wake,
+        )
     return session, message
 
 
@@ -218,9 +224,19 @@ def _insert_sql() -> str:
 @functools.cache
 def _mark_pending_sql(sinks: int) -> str:
     col = functools.partial(sql.column, SinkState)
+    table = sql.table(SinkState)
+    # A new row's other columns: the model's defaults (tests/foundry_integration/
+    # test_pending_marks.py checks). On PostgreSQL every call draws an id from the table's
+    # (bigint) sequence, also when it inserts nothing.
+    inserted = ["session_id", "sink", "wanted_seq", "next_attempt_at"]
+    defaults = {"delivered_seq": "0", "attempts": "0", "last_error": "''", "claimed_by": "''"}
+    row = f"(%s, %s, %s, %s, {', '.join(defaults.values())})"
     return (
-        f"UPDATE {sql.table(SinkState)} SET {col('wanted_seq')} = %s "
-        f"WHERE {col('session_id')} = %s AND {col('sink')} IN ({', '.join(['%s'] * sinks)})"
+        f"INSERT INTO {table} ({sql.columns(SinkState, [*inserted, *defaults])}) "
+        f"VALUES {', '.join([row] * sinks)} "
+        f"ON CONFLICT ({col('session_id')}, {col('sink')}) "
+        f"DO UPDATE SET {col('wanted_seq')} = excluded.{col('wanted_seq')} "
+        f"WHERE {table}.{col('wanted_seq')} <= {table}.{col('delivered_seq')}"
     )
 
 
@@ -243,23 +259,32 @@ def _message_insert(
 
 
 def mark_pending(
-    *, session: ChatSession, sinks: Sequence[Sink], through_seq: int, wake_sender: bool = True
+    *,
+    session: ChatSession,
+    sinks: Sequence[Sink],
+    through_seq: int,
+    stamp: object,
+    wake_sender: bool = True,
 ) -> None:
-    """Record that the sinks want the session's messages up to `through_seq`, and wake the
-    sender once the transaction commits (unless not `wake_sender`: it finds them on its next
-    poll)."""
+    """Record that the sinks want the session's messages up to `through_seq` (its newest), and
+    wake the sender once the transaction commits (unless not `wake_sender`: it finds them on
+    its next poll). `stamp` is now, as the database driver takes it.
+
+    One statement for every sink, which writes only where it changes something: a sink state
+    new to the session is created, and one that had delivered everything becomes pending.
+    A state still pending is left as it is (its `wanted_seq` may stay below the newest
+    message): the sender, on reaching it, raises it to the session's newest message (see
+    sessions_app.sync.record_delivered). So a busy session's turns add no write to the sink
+    states, and no page to the database's log: that write was most of the flag's cost per
+    turn.
+    """
     names = [sink.name for sink in sinks]
     if not names:
         return
-    # The rows exist after a session's first message: one UPDATE for every sink.
-    updated = sql.execute(_mark_pending_sql(len(names)), [through_seq, session.pk, *names])
-    if updated < len(names):  # a session's first message, or a sink switched on since
-        SinkState.objects.bulk_create(
-            [SinkState(session=session, sink=name, wanted_seq=through_seq) for name in names],
-            update_conflicts=True,
-            unique_fields=["session", "sink"],
-            update_fields=["wanted_seq"],
-        )
+    sql.execute(
+        _mark_pending_sql(len(names)),
+        [value for name in names for value in (session.pk, name, through_seq, stamp)],
+    )
     if wake_sender:
         transaction.on_commit(notify_sender)
 

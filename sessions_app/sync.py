@@ -302,12 +302,14 @@ def queue_deletion(sink_name: str, remote_id: str, session_key: str) -> None:
 
 
 def pending_messages(state: SinkState, limit: int) -> list[OutgoingMessage]:
+    """The first `limit` messages after `delivered_seq`: up to the session's newest, which a
+    pending state wants whatever its `wanted_seq` (see SinkState)."""
     seq = sql.column(ChatMessage, "seq")
     rows = sql.fetch_all(
         f"SELECT {sql.columns(ChatMessage, ['seq', 'role', 'content', 'agent_id'])} "
         f"FROM {sql.table(ChatMessage)} WHERE {sql.column(ChatMessage, 'session_id')} = %s "
-        f"AND {seq} > %s AND {seq} <= %s ORDER BY {seq} LIMIT %s",
-        [state.session_id, state.delivered_seq, state.wanted_seq, limit],
+        f"AND {seq} > %s ORDER BY {seq} LIMIT %s",
+        [state.session_id, state.delivered_seq, limit],
     )
     return [OutgoingMessage(*row) for row in rows]
 
@@ -350,25 +352,33 @@ def record_delivered(
     worker: str,
     *,
     batch_done: bool = True,
-    release: bool = False,
-) -> None:
+    release_when_done: bool = False,
+) -> bool:
     """Receipts for delivered messages (a prefix of the pending ones) and the new high mark;
     the sink took the batch, so its breaker closes. When the batch was cut short (`batch_done`
     false) it stays marked in flight, so the next attempt checks the thread first: the failed
-    message may have landed after all; the breaker is left to the failure. `release` ends the
-    claim in the same write (release_state)."""
+    message may have landed after all; the breaker is left to the failure.
+
+    On reaching `wanted_seq`, it is raised to the session's newest message: the turns of a
+    session whose state is pending leave it as it is (services.mark_pending). If that leaves
+    nothing to send and `release_when_done`, the claim ends in the same write (release_state).
+    Returns whether it did."""
     delivered_seq = seqs[-1] if seqs else state.delivered_seq
+    wanted_seq = state.wanted_seq
+    if delivered_seq >= wanted_seq:
+        wanted_seq = max(wanted_seq, _newest_seq(state.session_id))
     inflight_seq = None if batch_done else state.inflight_seq
     now = timezone.now()
-    released = _released(now) if release else {}
+    release = release_when_done and delivered_seq >= wanted_seq
     _update_owned(
         state,
         worker,
         {
+            "wanted_seq": wanted_seq,
             "delivered_seq": delivered_seq,
             "inflight_seq": inflight_seq,
             "synced_at": now,
-            **released,
+            **(_released(now) if release else {}),
         },
     )
     if seqs:
@@ -384,7 +394,24 @@ def record_delivered(
         )
     # A batch cut short is a failure, which the caller records next: the breaker stays.
     _record_health(state.sink, now, delivered=len(seqs), success=batch_done)
-    state.delivered_seq, state.inflight_seq, state.synced_at = delivered_seq, inflight_seq, now
+    state.wanted_seq, state.delivered_seq = wanted_seq, delivered_seq
+    state.inflight_seq, state.synced_at = inflight_seq, now
+    return release
+
+
+def _newest_seq(session_id: int) -> int:
+    """The session's newest message (0 if the session is gone). Call inside a transaction: on
+    PostgreSQL the session row is locked, so that a turn still writing a message to it (which
+    holds that lock, and found the state pending) commits first and is seen here; on SQLite the
+    sender's write transaction excludes the turns' anyway. The session row before the sink
+    state, in the order a turn locks them: the two never deadlock."""
+    lock = " FOR UPDATE" if sql.db().features.has_select_for_update else ""
+    row = sql.fetch_one(
+        f"SELECT {sql.column(ChatSession, 'last_seq')} FROM {sql.table(ChatSession)} "
+        f"WHERE {sql.column(ChatSession, 'id')} = %s{lock}",
+        [session_id],
+    )
+    return row[0] if row else 0
 
 
 def receipt_ids(state: SinkState) -> set[str]:
@@ -686,13 +713,11 @@ class Sender:
                     state, done, exc.delivered_ids, self.name, batch_done=False
                 )
                 raise exc.cause from exc
-            # Nothing past wanted_seq is sent in this claim: the batch that reaches it is the
-            # last, and no query is needed to find that out.
-            last = messages[-1].seq >= state.wanted_seq
-            await db(record_delivered)(
-                state, [m.seq for m in messages], ids, self.name, release=last
-            )
-            if last:
+            # The batch that reaches wanted_seq (raised meanwhile to the newest message, if
+            # turns came) ends the claim, in the same write.
+            if await db(record_delivered)(
+                state, [m.seq for m in messages], ids, self.name, release_when_done=True
+            ):
                 return True
             await self._paced()
         return False
