@@ -255,8 +255,9 @@ SYNC_CONCURRENCY = env_int("SYNC_CONCURRENCY", 32)  # sessions delivered at once
 SYNC_LEASE_S = env_int("SYNC_LEASE_S", 60)  # a dead sender's claims expire after this
 SYNC_WAKE_COALESCE_S = env_float("SYNC_WAKE_COALESCE_S", 0.05)  # gather wake-ups into one pass
 SYNC_SHUTDOWN_GRACE_S = env_float("SYNC_SHUTDOWN_GRACE_S", 5.0)  # in-process sender, at exit
-# The in-process sender uses the CPU its server leaves idle, and at least this share of a CPU
-# however busy the server is (the turns come first; see sessions_app.sync.CpuPacer). 1: no limit.
+# The in-process sender uses the CPU its server leaves idle, and at least this share of the CPU
+# the server gets (of a CPU, for a server alone on its core) however busy the server is (the
+# turns come first; see sessions_app.sync.CpuPacer). 1: no limit.
 # A saturated server loses about twice this share of its turns: the sender's thread switches and
 # cache misses come on top of its own CPU.
 SYNC_IN_PROCESS_CPU_SHARE = env_float("SYNC_IN_PROCESS_CPU_SHARE", 0.02)

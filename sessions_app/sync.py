@@ -893,8 +893,9 @@ class CpuPacer:
     """Paces the sender inside a server process so that the turns come first, as a database's
     cost-based vacuum delay does. The sender may use the CPU that the rest of the process leaves
     idle, less HEADROOM_CPU kept free for the turns to grow into, and never less than `share`
-    of a CPU: at low load it keeps up with the turns, and while the server is saturated it
-    delivers at `share` and catches up once the load eases. A CPU here is the one that the
+    of the CPU the process gets (of a CPU, for a server alone on its core): at low load it
+    keeps up with the turns, and while the server is saturated it delivers at `share` and
+    catches up once the load eases. A CPU here is the one that the
     interpreter's lock lets a Python process use, whatever the machine has.
 
     Measured over the last one to two WINDOW_S: the process's CPU time (`process_cpu`), the
@@ -940,12 +941,19 @@ class CpuPacer:
         others = now[1] - start[1] - own
         if wall <= 0:
             return 0.0
-        # What the sender used past its share counts as taken from the rest of the process:
+        # The floor is `share` of the CPU the process got (at most one): servers that share a
+        # core share the floor too, so the senders on a core take `share` of it between them
+        # however many servers it runs (seen: five on one core, 2% of a CPU each, cost each
+        # server 10% of what it got).
+        floor = self.share * min(1.0, (now[1] - start[1]) / wall)
+        # What the sender used past its floor counts as taken from the rest of the process:
         # under the interpreter's lock it largely was, and otherwise the rest would look the
         # idler the more the sender ran (seen: a process that got 0.75 of a CPU gave it 28%).
         waited = now[3] - start[3]
-        load = (others + max(0.0, own - self.share * wall) + waited) / wall
-        allowed = max(self.share, 1 - self.HEADROOM_CPU - load)  # CPUs
+        load = (others + max(0.0, own - floor * wall) + waited) / wall
+        allowed = max(floor, 1 - self.HEADROOM_CPU - load)  # CPUs
+        if allowed <= 0:  # the process got no CPU at all in the window
+            return self.MAX_DELAY_S if own > 0 else 0.0
         # Within what it is allowed once `own` is spread over own / allowed seconds.
         return min(self.MAX_DELAY_S, max(0.0, own / allowed - wall))
 

@@ -88,6 +88,30 @@ class TestCpuPacer:
         clocks.spend(1.0, others=0.3, own=0.1)
         assert pacer.delay() == 0
 
+    def test_the_floor_is_the_share_of_the_cpu_the_process_gets(self):
+        # One of five busy servers on a core: it got a fifth of a CPU and waited for the rest.
+        # Its floor is a fifth of its share (0.01 of a CPU), so that five senders on the core
+        # take 0.05 of it between them, not each.
+        clocks = Clocks()
+        pacer = clocks.pacer(0.05)
+        clocks.spend(1.0, others=0.19, own=0.01, waited=0.8)
+        assert pacer.delay() == 0  # at its floor
+        clocks = Clocks()
+        pacer = clocks.pacer(0.05)
+        clocks.spend(1.0, others=0.18, own=0.02, waited=0.8)
+        assert pacer.delay() == CpuPacer.MAX_DELAY_S  # twice its floor; 0.4 of the share
+        # Alone on a core and saturated, the floor is the whole share.
+        clocks = Clocks()
+        pacer = clocks.pacer(0.05)
+        clocks.spend(1.0, others=0.95, own=0.05)
+        assert pacer.delay() == 0
+
+    def test_a_process_that_got_no_cpu_does_not_break_the_pacer(self):
+        clocks = Clocks()
+        pacer = clocks.pacer(0.05)
+        clocks.spend(1.0, others=0.0, waited=1.0)
+        assert pacer.delay() == 0
+
     def test_where_the_waits_are_unknown_the_cpu_times_decide(self):
         clocks = Clocks(waits_known=False)
         pacer = clocks.pacer(0.05)
