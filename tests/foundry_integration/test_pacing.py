@@ -43,6 +43,14 @@ class Clocks:
         self.waited += waited
 
 
+def delay_after(seconds: float, **spent) -> float:
+    """A new pacer's delay (share 0.05) after one spell of `Clocks.spend`."""
+    clocks = Clocks()
+    pacer = clocks.pacer(0.05)
+    clocks.spend(seconds, **spent)
+    return pacer.delay()
+
+
 class TestCpuPacer:
     def test_a_saturated_process_holds_the_sender_to_its_share(self):
         clocks = Clocks()
@@ -92,25 +100,14 @@ class TestCpuPacer:
         # One of five busy servers on a core: it got a fifth of a CPU and waited for the rest.
         # Its floor is a fifth of its share (0.01 of a CPU), so that five senders on the core
         # take 0.05 of it between them, not each.
-        clocks = Clocks()
-        pacer = clocks.pacer(0.05)
-        clocks.spend(1.0, others=0.19, own=0.01, waited=0.8)
-        assert pacer.delay() == 0  # at its floor
-        clocks = Clocks()
-        pacer = clocks.pacer(0.05)
-        clocks.spend(1.0, others=0.18, own=0.02, waited=0.8)
-        assert pacer.delay() == CpuPacer.MAX_DELAY_S  # twice its floor; 0.4 of the share
+        assert delay_after(1.0, others=0.19, own=0.01, waited=0.8) == 0  # at its floor
+        # Twice its floor, 0.4 of the share: held back.
+        assert delay_after(1.0, others=0.18, own=0.02, waited=0.8) == CpuPacer.MAX_DELAY_S
         # Alone on a core and saturated, the floor is the whole share.
-        clocks = Clocks()
-        pacer = clocks.pacer(0.05)
-        clocks.spend(1.0, others=0.95, own=0.05)
-        assert pacer.delay() == 0
+        assert delay_after(1.0, others=0.95, own=0.05) == 0
 
     def test_a_process_that_got_no_cpu_does_not_break_the_pacer(self):
-        clocks = Clocks()
-        pacer = clocks.pacer(0.05)
-        clocks.spend(1.0, others=0.0, waited=1.0)
-        assert pacer.delay() == 0
+        assert delay_after(1.0, others=0.0, waited=1.0) == 0
 
     def test_where_the_waits_are_unknown_the_cpu_times_decide(self):
         clocks = Clocks(waits_known=False)
