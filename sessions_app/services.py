@@ -10,7 +10,7 @@ from datetime import datetime
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from sessions_app import remote_history, selectors, sql
@@ -128,17 +128,21 @@ def _message_append(
     """
     is_user = role == ChatMessage.Role.USER
     match = {"id": session_pk} if session_pk is not None else _key_columns(key)
+    names = tuple(sink.name for sink in sinks)
     # The message's time is the session's new activity time.
     now = timezone.now()
     stamp = sql.db().ops.adapt_datetimefield_value(now)
-    session = _session_advance(match=match, user_turn=is_user, now=now, stamp=stamp)
-    if session is None:
+    advanced = _session_advance(match=match, user_turn=is_user, now=now, stamp=stamp, sinks=names)
+    if advanced is None:
         if session_pk is not None:
             raise SessionGone(key["session_id"])
         ChatSession.objects.get_or_create(**key)
-        session = _session_advance(match=match, user_turn=is_user, now=now, stamp=stamp)
-        if session is None:  # deleted again between its creation and now
+        advanced = _session_advance(
+            match=match, user_turn=is_user, now=now, stamp=stamp, sinks=names
+        )
+        if advanced is None:  # deleted again between its creation and now
             raise SessionGone(key["session_id"])
+    session, all_pending = advanced
     session.owner = key["owner"]
     message = _message_insert(session=session, role=role, content=content, now=now, stamp=stamp)
     if sinks:
@@ -151,6 +155,7 @@ def _message_append(
             through_seq=message.seq,
             stamp=stamp,
             wake_sender=wake,
+            known_pending=all_pending,
         )
     return session, message
 
@@ -179,34 +184,56 @@ _ADVANCE_RETURNS = (
 
 
 def _session_advance(
-    *, match: dict, user_turn: bool, now: datetime, stamp: object
-) -> ChatSession | None:
+    *, match: dict, user_turn: bool, now: datetime, stamp: object, sinks: tuple[str, ...] = ()
+) -> tuple[ChatSession, bool] | None:
     """Give the matching session its next sequence number and return it (None: no such row);
-    `now` is its activity time, `stamp` the same as the database driver takes it.
+    `now` is its activity time, `stamp` the same as the database driver takes it. With it,
+    whether the session's states on all of `sinks` are pending already (on SQLite; elsewhere
+    False, see _advance_sql).
 
     One UPDATE ... RETURNING instead of a locking read and a write: the update holds the row
     lock until the transaction ends (SQLite: the IMMEDIATE transaction's write lock), so
     concurrent turns on one session get gapless, unique sequence numbers.
     """
-    row = sql.fetch_one(_advance_sql(tuple(match)), [int(user_turn), stamp, stamp, *match.values()])
+    statement, probes = _advance_sql(tuple(match), len(sinks))
+    params = [int(user_turn), stamp, stamp, *match.values(), *(sinks if probes else ())]
+    row = sql.fetch_one(statement, params)
     if row is None:
         return None
-    values = dict(zip(_ADVANCE_RETURNS, row, strict=True))
-    return sql.instance(ChatSession, {**values, "last_activity_at": now, "updated_at": now})
+    values = dict(zip(_ADVANCE_RETURNS, row[: len(_ADVANCE_RETURNS)], strict=True))
+    session = sql.instance(ChatSession, {**values, "last_activity_at": now, "updated_at": now})
+    return session, probes and row[-1] == len(sinks)
 
 
 # The turn's statements are built once: building one took up to 30k instructions, a tenth of
 # running it.
 @functools.cache
-def _advance_sql(match: tuple[str, ...]) -> str:
+def _advance_sql(match: tuple[str, ...], sinks: int) -> tuple[str, bool]:
+    """The statement, and whether it also counts the session's states pending on `sinks` sinks
+    (their names its last parameters). It does on SQLite only: there a turn's write
+    transaction excludes every other writer, so a state it finds pending stays so until it
+    commits, and the turn need not write it (see mark_pending). On PostgreSQL a sender may
+    finish the state meanwhile, unseen by this statement's snapshot; mark_pending's
+    statement, which locks the state, decides there."""
     col = functools.partial(sql.column, ChatSession)
     where = " AND ".join(f"{col(name)} = %s" for name in match)
-    return (
+    probes = bool(sinks) and connection.vendor == "sqlite"
+    pending = ""
+    if probes:
+        state = functools.partial(sql.column, SinkState)
+        pending = (
+            f", (SELECT COUNT(*) FROM {sql.table(SinkState)} s "
+            f"WHERE s.{state('session_id')} = {sql.table(ChatSession)}.{col('id')} "
+            f"AND s.{state('sink')} IN ({', '.join(['%s'] * sinks)}) "
+            f"AND s.{state('wanted_seq')} > s.{state('delivered_seq')})"
+        )
+    statement = (
         f"UPDATE {sql.table(ChatSession)} SET {col('last_seq')} = {col('last_seq')} + 1, "
         f"{col('user_turns')} = {col('user_turns')} + %s, {col('last_activity_at')} = %s, "
         f"{col('updated_at')} = %s WHERE {where} "
-        f"RETURNING {sql.columns(ChatSession, _ADVANCE_RETURNS)}"
+        f"RETURNING {sql.columns(ChatSession, _ADVANCE_RETURNS)}{pending}"
     )
+    return statement, probes
 
 
 _INSERT_COLUMNS = ("session_id", "seq", "role", "content", "agent_id", "created_at")
@@ -265,10 +292,12 @@ def mark_pending(
     through_seq: int,
     stamp: object,
     wake_sender: bool = True,
+    known_pending: bool = False,
 ) -> None:
     """Record that the sinks want the session's messages up to `through_seq` (its newest), and
     wake the sender once the transaction commits (unless not `wake_sender`: it finds them on
-    its next poll). `stamp` is now, as the database driver takes it.
+    its next poll). `stamp` is now, as the database driver takes it; `known_pending`: the
+    turn found every state pending already (_advance_sql), so there is nothing to write.
 
     One statement for every sink, which writes only where it changes something: a sink state
     new to the session is created, and one that had delivered everything becomes pending.
@@ -281,10 +310,11 @@ def mark_pending(
     names = [sink.name for sink in sinks]
     if not names:
         return
-    sql.execute(
-        _mark_pending_sql(len(names)),
-        [value for name in names for value in (session.pk, name, through_seq, stamp)],
-    )
+    if not known_pending:
+        sql.execute(
+            _mark_pending_sql(len(names)),
+            [value for name in names for value in (session.pk, name, through_seq, stamp)],
+        )
     if wake_sender:
         transaction.on_commit(notify_sender)
 

@@ -10,6 +10,7 @@ import threading
 
 import pytest
 from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from sessions_app import services
 from sessions_app.models import ChatSession, SinkState
@@ -46,6 +47,19 @@ def test_turns_on_a_pending_session_leave_its_state_as_it_is(user, foundry_agent
     # Created with the first message; the five after it found the state pending.
     assert state.wanted_seq == 1
     assert (state.wanted_through, state.pending_count) == (6, 6)
+
+
+def test_on_sqlite_a_turn_on_a_pending_session_runs_nothing_on_its_state(user, foundry_agents):
+    # There the turn's own write transaction excludes every sender, so the count of pending
+    # states that its session update returns holds until it commits. On PostgreSQL the
+    # turn's upsert, which locks the state, decides.
+    turns(user, "quiet", 1)
+    with CaptureQueriesContext(connection) as queries:
+        turns(user, "quiet", 1)
+    table = SinkState._meta.db_table
+    on_states = [q["sql"] for q in queries.captured_queries if f'INTO "{table}"' in q["sql"]]
+    assert len(on_states) == (0 if connection.vendor == "sqlite" else 2)
+    assert state_of("quiet").pending_count == 4
 
 
 def test_a_new_state_has_the_models_defaults(user, foundry_agents):
