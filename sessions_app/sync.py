@@ -533,8 +533,9 @@ class Sender:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         # Inside a server: holds the sender back while the server is busy (see CpuPacer).
         self.pacer = pacer
-        # Sink name -> monotonic time before which its breaker is known to be open.
-        self._breaker_open_until: dict[str, float] = {}
+        # Sink name -> monotonic time before which a pass over it could do nothing: its breaker
+        # is known to be open, or it was off (checked again after SYNC_POLL_INTERVAL_S).
+        self._parked_until: dict[str, float] = {}
 
     async def run_once(self) -> int:
         """One pass over every sink, the sinks side by side; returns how many sessions and
@@ -543,16 +544,15 @@ class Sender:
 
     async def run_sink_once(self, sink: Sink) -> int:
         """One pass over one sink: claim its due work and deliver it."""
-        if self._breaker_open_until.get(sink.name, 0) > time.monotonic():
+        if self._parked_until.get(sink.name, 0) > time.monotonic():
             return 0
         limit, states, deletions = await db(self._claim)(sink)
-        if limit is None:  # the sink is off
+        if limit is None:  # the sink is off: no pass (a thread's hop) per turn meanwhile
+            self._parked_until[sink.name] = time.monotonic() + settings.SYNC_POLL_INTERVAL_S
             return 0
         if limit == 0:
             # Known open: no query at all until the cool-down is over.
-            self._breaker_open_until[sink.name] = (
-                time.monotonic() + settings.SYNC_BREAKER_COOLDOWN_S / 2
-            )
+            self._parked_until[sink.name] = time.monotonic() + settings.SYNC_BREAKER_COOLDOWN_S / 2
             return 0
         if not states and not deletions:
             return 0
@@ -567,6 +567,11 @@ class Sender:
         finally:
             heartbeat.cancel()
         return len(states) + len(deletions)
+
+    def _parked_for(self, sinks: Sequence[Sink]) -> float:
+        """Seconds until the first of `sinks` may be passed over again; 0 if one may be now."""
+        now = time.monotonic()
+        return max(0.0, min((self._parked_until.get(s.name, 0) - now for s in sinks), default=0))
 
     async def _bounded(self, semaphore: asyncio.Semaphore, job) -> None:
         async with semaphore:
@@ -611,11 +616,17 @@ class Sender:
 
         async def tick() -> None:
             while not stop.is_set():
-                waiter = wake or stop
-                await loop.run_in_executor(None, waiter.wait, settings.SYNC_POLL_INTERVAL_S)
-                # Turns wake us after each commit; gather a short while of them into one pass
-                # instead of a pass per commit.
-                await asyncio.sleep(settings.SYNC_WAKE_COALESCE_S)
+                parked = self._parked_for(sinks)
+                if parked > 0:
+                    # Every sink is off or its breaker open: a turn's wake could start
+                    # nothing, so none is waited for (each costs the server thread switches).
+                    await loop.run_in_executor(None, stop.wait, parked)
+                else:
+                    waiter = wake or stop
+                    await loop.run_in_executor(None, waiter.wait, settings.SYNC_POLL_INTERVAL_S)
+                    # Turns wake us after each commit; gather a short while of them into one
+                    # pass instead of a pass per commit.
+                    await asyncio.sleep(settings.SYNC_WAKE_COALESCE_S)
                 if wake is not None:
                     wake.clear()
                 for event in due.values():
