@@ -304,8 +304,9 @@ def mark_pending(
     A state still pending is left as it is (its `wanted_seq` may stay below the newest
     message): the sender, on reaching it, raises it to the session's newest message (see
     sessions_app.sync.record_delivered). So a busy session's turns add no write to the sink
-    states, and no page to the database's log: that write was most of the flag's cost per
-    turn.
+    states, and on SQLite no page to the database's log: that write was most of the flag's
+    cost per turn. (PostgreSQL still locks the row, a small write of its own, and draws an id
+    from the sequence.)
     """
     names = [sink.name for sink in sinks]
     if not names:
@@ -338,13 +339,19 @@ def session_attach_remote(
     return session
 
 
+def _session_locked(session: ChatSession):
+    """The session's row, locked when read (in a transaction): a chat turn and the sender lock
+    it before its sink states, and so does every other writer of both, so none deadlocks."""
+    return ChatSession.objects.select_for_update().filter(pk=session.pk)
+
+
 @transaction.atomic
 def session_delete(*, session: ChatSession) -> None:
     """Delete the session and its messages; its remote threads are queued for deletion (the
     sender retries until they are gone)."""
     # Locked first, so a sender creating a thread for it right now sees it gone (and queues
     # that thread's deletion) instead of the thread escaping us.
-    ChatSession.objects.select_for_update().filter(pk=session.pk).first()
+    _session_locked(session).first()
     remote = SinkState.objects.filter(session=session, remote_id__isnull=False)
     RemoteDeletion.objects.bulk_create(
         [
@@ -371,10 +378,15 @@ def session_sync_retry(*, session: ChatSession) -> int:
 def session_sync_restart(*, session: ChatSession, sink: Sink) -> None:
     """Give the session a new remote thread on the sink and send its whole history there (the
     old thread is left as it is)."""
+    # The session row first, as turns and senders lock it (no deadlock), and its newest message
+    # as it is now, not as `session` was read.
+    last_seq = _session_locked(session).values_list("last_seq", flat=True).first()
+    if last_seq is None:
+        return  # deleted meanwhile
     state, _ = SinkState.objects.get_or_create(session=session, sink=sink.name)
     point_at(state=state, sink=sink, remote_id=None)
     SinkState.objects.filter(pk=state.pk).update(
-        wanted_seq=session.last_seq, next_attempt_at=timezone.now(), attempts=0, last_error=""
+        wanted_seq=last_seq, next_attempt_at=timezone.now(), attempts=0, last_error=""
     )
     ChatSession.objects.filter(pk=session.pk).update(history_import_from="")
     transaction.on_commit(notify_sender)
@@ -385,6 +397,7 @@ def session_sync_restart(*, session: ChatSession, sink: Sink) -> None:
 def session_remote_delete(*, session: ChatSession, sink: Sink) -> str | None:
     """Delete the session's remote thread on the sink (queued, retried until done); the session
     stays, local only, until its next turn starts a new thread. Returns the thread id."""
+    _session_locked(session).first()  # first, as turns and senders lock it: no deadlock
     state = SinkState.objects.filter(session=session, sink=sink.name).first()
     if state is None or not state.remote_id:
         return None

@@ -17,6 +17,7 @@ from typing import TypeVar
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Model
+from django.utils.asyncio import async_unsafe
 
 M = TypeVar("M", bound=Model)
 R = TypeVar("R")
@@ -41,6 +42,7 @@ def fetch_all(sql: str, params: Sequence) -> list[tuple]:
     return _run(sql, params, operator.methodcaller("fetchall"))
 
 
+@async_unsafe
 def _run(sql: str, params: Sequence, result: Callable[[object], R]) -> R:
     """Run one statement (`%s` placeholders) and return `result(cursor)`.
 
@@ -49,7 +51,8 @@ def _run(sql: str, params: Sequence, result: Callable[[object], R]) -> R:
     about 100k instructions a statement against 25k for the driver; that was a third of the
     flag's cost per turn (see bench/README.md). What the wrapper does that matters is kept:
     the connection is opened on first use and health-checked as Django does, a broken
-    transaction is refused, and errors come out as django.db's exceptions. Where Django
+    transaction is refused, errors come out as django.db's exceptions, and a call from an
+    event loop is refused. Where Django
     records or intercepts queries (DEBUG, CaptureQueriesContext, execute_wrapper) the
     statement goes through Django's cursor, so it is seen like any other.
     """
@@ -72,7 +75,10 @@ def _run(sql: str, params: Sequence, result: Callable[[object], R]) -> R:
             cursor.execute(sql, params)
             return result(cursor)
         finally:
-            cursor.close()
+            try:
+                cursor.close()
+            except conn.Database.Error:
+                pass  # as Django's cursor: the statement's own outcome stands
 
 
 _FORMAT = re.compile(r"(?<!%)%s")

@@ -374,7 +374,9 @@ def record_delivered(
         state,
         worker,
         {
-            "wanted_seq": wanted_seq,
+            # Written only when raised: a value read at the claim would undo what an import
+            # or a resend (history_insert, session_sync_restart) set meanwhile.
+            **({"wanted_seq": wanted_seq} if wanted_seq != state.wanted_seq else {}),
             "delivered_seq": delivered_seq,
             "inflight_seq": inflight_seq,
             "synced_at": now,
@@ -405,7 +407,11 @@ def _newest_seq(session_id: int) -> int:
     holds that lock, and found the state pending) commits first and is seen here; on SQLite the
     sender's write transaction excludes the turns' anyway. The session row before the sink
     state, in the order a turn locks them: the two never deadlock."""
-    lock = " FOR UPDATE" if sql.db().features.has_select_for_update else ""
+    features = sql.db().features
+    lock = ""
+    if features.has_select_for_update:
+        # NO KEY: a message's foreign-key check (FOR KEY SHARE) need not wait for it.
+        lock = " FOR NO KEY UPDATE" if features.has_select_for_no_key_update else " FOR UPDATE"
     row = sql.fetch_one(
         f"SELECT {sql.column(ChatSession, 'last_seq')} FROM {sql.table(ChatSession)} "
         f"WHERE {sql.column(ChatSession, 'id')} = %s{lock}",

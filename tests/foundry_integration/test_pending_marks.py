@@ -14,6 +14,7 @@ from django.test.utils import CaptureQueriesContext
 
 from sessions_app import services
 from sessions_app.models import ChatSession, SinkState
+from sessions_app.sinks import sink_get
 from sessions_app.sync import claim_states, next_batch, record_delivered
 from tests.foundry_integration.conftest import drain, thread_messages
 
@@ -143,3 +144,30 @@ def test_a_turn_still_writing_is_seen_by_the_batch_that_ends_the_claim(user, fou
     assert outcome == {"released": False}
     assert (state.wanted_seq, state.delivered_seq) == (6, 4)
     assert ChatSession.objects.get(session_id="race").last_seq == 6
+
+
+def test_a_batch_short_of_wanted_seq_leaves_it_as_others_set_it(user, foundry_agents):
+    # An import (history_insert) or a resend may raise wanted_seq while a sender holds the
+    # claim; recording a batch that did not reach it writes only what the sender changed.
+    turns(user, "shifted", 3)
+    state = claim()
+    SinkState.objects.filter(pk=state.pk).update(wanted_seq=6)
+    state.wanted_seq = 6
+    messages = next_batch(state, 2, "w")
+    SinkState.objects.filter(pk=state.pk).update(wanted_seq=9)  # meanwhile
+    ids = [f"msg_{m.seq}" for m in messages]
+    assert not record_delivered(state, [1, 2], ids, "w", release_when_done=True)
+    stored = SinkState.objects.get(pk=state.pk)
+    assert (stored.wanted_seq, stored.delivered_seq) == (9, 2)
+
+
+def test_a_resend_wants_the_session_as_it_is_not_as_the_caller_read_it(user, foundry_agents):
+    turns(user, "resend", 1)
+    drain()
+    stale = ChatSession.objects.get(session_id="resend")
+    turns(user, "resend", 2)  # four more messages since `stale` was read
+    services.session_sync_restart(session=stale, sink=sink_get("foundry"))
+    state = state_of("resend")
+    assert (state.wanted_seq, state.delivered_seq, state.remote_id) == (6, 0, None)
+    drain()
+    assert state_of("resend").delivered_seq == 6

@@ -2,10 +2,12 @@
 Django's wrapper; what the wrapper does that callers rely on must still hold. On SQLite, and on
 PostgreSQL in the second pass."""
 
+import asyncio
 import threading
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.exceptions import SynchronousOnlyOperation
 from django.db import IntegrityError, connection, transaction
 from django.db.transaction import TransactionManagementError
 from django.test.utils import CaptureQueriesContext
@@ -121,3 +123,11 @@ def test_execute_wrappers_see_the_statements():
     with connection.execute_wrapper(wrapper):
         assert sql.fetch_one("SELECT %s", [3]) == (3,)
     assert seen == ["SELECT %s"]
+
+
+def test_a_call_from_an_event_loop_is_refused():
+    async def from_the_loop():
+        return sql.fetch_one("SELECT 1", [])
+
+    with pytest.raises(SynchronousOnlyOperation):
+        asyncio.run(from_the_loop())
