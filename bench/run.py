@@ -858,8 +858,7 @@ def _side_by_side_lines(report: dict) -> list[str]:
     lines += [
         "  CPU ms/req: the server's CPU time per answered request, its own and its sender's;",
         "  the in-process sender is paced to the CPU left idle, but never below",
-        "  SYNC_IN_PROCESS_CPU_SHARE of a CPU: here, with five servers on one CPU, that floor is",
-        "  five times the part of the server's CPU it is when the server has a CPU of its own",
+        "  SYNC_IN_PROCESS_CPU_SHARE of the CPU its server gets, here a fifth of one",
     ]
     return lines
 
