@@ -912,8 +912,8 @@ class CpuPacer:
     idle, less HEADROOM_CPU kept free for the turns to grow into, and never less than `share`
     of the CPU the process gets (of a CPU, for a server alone on its core): at low load it
     keeps up with the turns, and while the server is saturated it delivers at `share` and
-    catches up once the load eases. A CPU here is the one that the
-    interpreter's lock lets a Python process use, whatever the machine has.
+    catches up once the load eases. A CPU here is the one that the interpreter's lock lets a
+    Python process use, whatever the machine has.
 
     Measured over the last one to two WINDOW_S: the process's CPU time (`process_cpu`), the
     sender's own (`own_cpu`) and the time the other threads waited for a CPU (`waited`, None
