@@ -640,13 +640,15 @@ class Sender:
 
         async def sink_loop(sink: Sink) -> None:
             while not stop.is_set():
+                # Cleared before the pass, not after it: a wake (or the stop) that comes during
+                # the pass is seen once it ends, instead of being waited for until the next.
+                due[sink.name].clear()
                 try:
                     handled = await self.run_sink_once(sink)
                 except Exception:
                     logger.exception("Sync pass for %s failed; retrying", sink.label)
                     handled = 0
-                if handled == 0:
-                    due[sink.name].clear()
+                if handled == 0 and not stop.is_set():
                     await due[sink.name].wait()
 
         await asyncio.gather(tick(), *(sink_loop(sink) for sink in sinks))
