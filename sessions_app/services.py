@@ -365,6 +365,17 @@ def session_delete(*, session: ChatSession) -> None:
     logger.info("Deleted session %s", session.session_key)
 
 
+def user_sessions_delete(*, user: AbstractBaseUser) -> int:
+    """Delete every session of the user as session_delete does, their remote threads queued
+    for deletion; returns how many. Runs before a user is deleted (sessions_app.apps): the
+    database's cascade alone would leave the threads behind, and would lock the sink states
+    before their sessions, against the order of turns and senders."""
+    sessions = list(ChatSession.objects.filter(owner=user))
+    for session in sessions:
+        session_delete(session=session)
+    return len(sessions)
+
+
 def session_sync_retry(*, session: ChatSession) -> int:
     """Make the session's pending deliveries due now, forgetting their backoff."""
     updated = SinkState.objects.filter(session=session).update(
@@ -385,8 +396,15 @@ def session_sync_restart(*, session: ChatSession, sink: Sink) -> None:
         return  # deleted meanwhile
     state, _ = SinkState.objects.get_or_create(session=session, sink=sink.name)
     point_at(state=state, sink=sink, remote_id=None)
+    # A sender delivering to the session now loses its claim: its next write finds the row
+    # not its own (ClaimLost) instead of recording what it sent to the old thread over this.
     SinkState.objects.filter(pk=state.pk).update(
-        wanted_seq=last_seq, next_attempt_at=timezone.now(), attempts=0, last_error=""
+        wanted_seq=last_seq,
+        next_attempt_at=timezone.now(),
+        attempts=0,
+        last_error="",
+        claimed_by="",
+        claimed_until=None,
     )
     ChatSession.objects.filter(pk=session.pk).update(history_import_from="")
     transaction.on_commit(notify_sender)

@@ -15,7 +15,7 @@ from django.test.utils import CaptureQueriesContext
 from sessions_app import services
 from sessions_app.models import ChatSession, SinkState
 from sessions_app.sinks import sink_get
-from sessions_app.sync import claim_states, next_batch, record_delivered
+from sessions_app.sync import ClaimLost, claim_states, next_batch, record_delivered
 from tests.foundry_integration.conftest import drain, thread_messages
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -171,3 +171,17 @@ def test_a_resend_wants_the_session_as_it_is_not_as_the_caller_read_it(user, fou
     assert (state.wanted_seq, state.delivered_seq, state.remote_id) == (6, 0, None)
     drain()
     assert state_of("resend").delivered_seq == 6
+
+
+def test_a_resend_takes_the_claim_from_a_sender_delivering_meanwhile(user, foundry_agents):
+    turns(user, "taken", 2)
+    state = claim()
+    messages = next_batch(state, 50, "w")
+    services.session_sync_restart(
+        session=ChatSession.objects.get(session_id="taken"), sink=sink_get("foundry")
+    )
+    ids = [f"msg_{m.seq}" for m in messages]
+    with pytest.raises(ClaimLost):  # what it sent went to the old thread
+        record_delivered(state, [m.seq for m in messages], ids, "w", release_when_done=True)
+    stored = state_of("taken")
+    assert (stored.remote_id, stored.delivered_seq, stored.pending_count) == (None, 0, 4)

@@ -168,6 +168,17 @@ class TestLifecycle:
         assert not thread_exists(foundry, thread_id)
         assert not RemoteDeletion.objects.exists()
 
+    def test_deleting_a_user_deletes_their_threads(self, user, foundry):
+        turns(user, "first", 1)
+        turns(user, "second", 1)
+        drain()
+        threads = {session(s).foundry_thread_id for s in ("first", "second")}
+        user.delete()
+        assert not ChatSession.objects.exists()
+        assert set(RemoteDeletion.objects.values_list("remote_id", flat=True)) == threads
+        drain()
+        assert not any(thread_exists(foundry, thread_id) for thread_id in threads)
+
     def test_session_delete_is_retried_until_done(self, user, foundry):
         turns(user, "doomed", 1)
         drain()
