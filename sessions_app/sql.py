@@ -48,13 +48,13 @@ def _run(sql: str, params: Sequence, result: Callable[[object], R]) -> R:
 
     On the driver's own cursor, not Django's wrapper: making and closing a Django cursor, its
     execute's layers and SQLite's placeholder rewrite (a regular expression per call) cost
-    about 100k instructions a statement against 25k for the driver; that was a third of the
+    about 100k instructions a statement against 25k for the driver; that was half of the
     flag's cost per turn (see bench/README.md). What the wrapper does that matters is kept:
     the connection is opened on first use and health-checked as Django does, a broken
     transaction is refused, errors come out as django.db's exceptions, and a call from an
-    event loop is refused. Where Django
-    records or intercepts queries (DEBUG, CaptureQueriesContext, execute_wrapper) the
-    statement goes through Django's cursor, so it is seen like any other.
+    event loop is refused. Where Django records or intercepts queries (DEBUG,
+    CaptureQueriesContext, execute_wrapper) the statement goes through Django's cursor, so it
+    is seen like any other.
     """
     conn = db()
     if conn.queries_logged or conn.execute_wrappers:
