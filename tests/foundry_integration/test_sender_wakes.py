@@ -84,3 +84,34 @@ def test_while_every_sink_is_off_wakes_wait_and_the_flag_is_seen_soon(
     # interval (each sink is parked from its own pass). Taken up per turn: 60 or more.
     assert taken <= 16, taken
     assert passes and max(passes.values()) <= 8, passes
+
+
+class HeldSender(Sender):
+    """A sender whose first pass over Foundry lasts until the test lets it end."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.in_pass, self.end_pass = threading.Event(), threading.Event()
+
+    async def run_sink_once(self, sink) -> int:
+        if sink.name == "foundry" and not self.end_pass.is_set():
+            self.in_pass.set()
+            while not self.end_pass.is_set():
+                await asyncio.sleep(0.01)
+        return 0
+
+
+def test_a_stop_during_a_pass_ends_the_sender(foundry_agents, settings):
+    settings.SYNC_WAKE_COALESCE_S = 0.01
+    sender = HeldSender(name="held")
+    stop, wake = threading.Event(), threading.Event()
+    # A daemon: should it hang (the defect this tests), the test run still ends.
+    thread = threading.Thread(target=lambda: asyncio.run(sender.run(stop, wake)), daemon=True)
+    thread.start()
+    assert sender.in_pass.wait(10)
+    stop.set()
+    wake.set()
+    time.sleep(0.3)  # the sender's tick has ended meanwhile, its last wake-up given
+    sender.end_pass.set()
+    thread.join(10)
+    assert not thread.is_alive(), "the sender kept waiting after its stop"
