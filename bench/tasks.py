@@ -30,8 +30,6 @@ django.setup()
 
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
-from django.db.models import F, Sum  # noqa: E402
-from django.db.models.functions import Greatest  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 
 from sessions_app.models import ChatMessage, SinkState  # noqa: E402
@@ -83,11 +81,8 @@ def cmd_backlog(args) -> dict:
 
 
 def backlog_size() -> dict:
-    pending = SinkState.objects.filter(wanted_seq__gt=F("delivered_seq")).aggregate(
-        n=Sum(Greatest("wanted_seq", "session__last_seq") - F("delivered_seq"))
-    )["n"]
     return {
-        "pending_messages": pending or 0,
+        "pending_messages": SinkState.objects.pending_messages(),
         "messages": ChatMessage.objects.count(),
         "sink_states": SinkState.objects.count(),
     }

@@ -2,8 +2,6 @@
 circuit breaker, the backlog and the latest errors."""
 
 from django.contrib import admin, messages
-from django.db.models import F, Sum
-from django.db.models.functions import Greatest
 from django.http import HttpRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -46,7 +44,7 @@ class FoundryStatusAdmin(admin.ModelAdmin):
         sink = sink_get(FoundrySink.name)
         status = sink.status()
         config = FoundryConfig.from_settings()
-        pending = SinkState.objects.filter(sink=sink.name, wanted_seq__gt=F("delivered_seq"))
+        states = SinkState.objects.filter(sink=sink.name)
         health = SinkHealth.objects.filter(sink=sink.name).first()
         context = {
             **self.admin_site.each_context(request),
@@ -63,11 +61,8 @@ class FoundryStatusAdmin(admin.ModelAdmin):
             "breaker_open": bool(
                 health and health.open_until and health.open_until > timezone.now()
             ),
-            "pending_sessions": pending.count(),
-            "pending_messages": pending.aggregate(
-                n=Sum(Greatest("wanted_seq", "session__last_seq") - F("delivered_seq"))
-            )["n"]
-            or 0,
+            "pending_sessions": states.pending().count(),
+            "pending_messages": states.pending_messages(),
             "failing_sessions": SinkState.objects.filter(sink=sink.name, attempts__gt=0).count(),
             "pending_deletions": RemoteDeletion.objects.filter(sink=sink.name).count(),
             "deletions_url": reverse("admin:sessions_app_remotedeletion_changelist"),

@@ -7,6 +7,7 @@ A `ChatSession` row is also the session -> remote thread map of the design: its 
 from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 IDENTIFIER_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
@@ -87,6 +88,19 @@ class ChatMessage(models.Model):
         return f"{self.session_id}#{self.seq} {self.role}"
 
 
+class SinkStateQuerySet(models.QuerySet):
+    def pending(self) -> "SinkStateQuerySet":
+        """The states with messages still to deliver."""
+        return self.filter(wanted_seq__gt=models.F("delivered_seq"))
+
+    def pending_messages(self) -> int:
+        """How many messages the pending ones among these states still have to deliver: up to
+        the session's newest (see SinkState.wanted_through)."""
+        wanted = Greatest("wanted_seq", "session__last_seq")
+        total = self.pending().aggregate(n=models.Sum(wanted - models.F("delivered_seq")))["n"]
+        return total or 0
+
+
 class SinkState(models.Model):
     """Delivery of one session to one persistence sink (Foundry, Zep): the durable outbox.
 
@@ -114,6 +128,8 @@ class SinkState(models.Model):
     claimed_by = models.CharField(max_length=128, blank=True, default="")
     claimed_until = models.DateTimeField(null=True, blank=True)
     synced_at = models.DateTimeField(null=True, blank=True)
+
+    objects = SinkStateQuerySet.as_manager()
 
     class Meta:
         constraints = [

@@ -108,18 +108,16 @@ def breaker_allows(sink_name: str) -> int:
     return settings.SYNC_CLAIM_LIMIT
 
 
+def _due_states(sink_name: str, now):
+    """The sink's pending states that no sender holds and whose backoff is over."""
+    return SinkState.objects.pending().filter(
+        _claimable(now), sink=sink_name, next_attempt_at__lte=now
+    )
+
+
 def has_due_states(sink_name: str, now) -> bool:
     """A read (no write lock) that tells whether claiming is worth a write transaction."""
-    return (
-        SinkState.objects.filter(
-            _claimable(now),
-            sink=sink_name,
-            wanted_seq__gt=F("delivered_seq"),
-            next_attempt_at__lte=now,
-        )
-        .only("id")
-        .exists()
-    )
+    return _due_states(sink_name, now).only("id").exists()
 
 
 def claim_states(*, sink_name: str, worker: str, limit: int) -> list[SinkState]:
@@ -137,13 +135,8 @@ def claim_states(*, sink_name: str, worker: str, limit: int) -> list[SinkState]:
 def _claim_state_ids(*, sink_name: str, worker: str, limit: int) -> list[int]:
     now = timezone.now()
     ids = list(
-        SinkState.objects.select_for_update(skip_locked=True, of=("self",))
-        .filter(
-            _claimable(now),
-            sink=sink_name,
-            wanted_seq__gt=F("delivered_seq"),
-            next_attempt_at__lte=now,
-        )
+        _due_states(sink_name, now)
+        .select_for_update(skip_locked=True, of=("self",))
         # A session importing another sink's thread waits for it: its seqs are about to move.
         .filter(Q(session__history_import_from="") | Q(session__history_import_from=sink_name))
         .order_by("next_attempt_at")

@@ -38,6 +38,7 @@ def test_status_page_shows_flag_config_breaker_backlog(operator, user, foundry):
     assert "Circuit breaker: closed" in text
     assert "HTTP 500" in text  # the latest error
     assert "sessions with pending messages</th><td>1" in text
+    assert "pending messages</th><td>2" in text  # the state wants the first; the session has 2
 
 
 def test_status_page_says_why_foundry_is_not_active(operator, settings):

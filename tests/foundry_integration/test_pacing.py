@@ -77,24 +77,15 @@ class TestCpuPacer:
         # A busy process that got 0.75 of a CPU (a busy host, the interpreter's lock changing
         # hands), a fifth of it to the sender. Counted as the others' own, 0.55 would leave the
         # sender 0.2; what it took past its share was theirs, so it is held back.
-        clocks = Clocks()
-        pacer = clocks.pacer(0.05)
-        clocks.spend(1.0, others=0.55, own=0.2)
-        assert pacer.delay() == CpuPacer.MAX_DELAY_S
+        assert delay_after(1.0, others=0.55, own=0.2) == CpuPacer.MAX_DELAY_S
 
     def test_the_time_the_turns_wait_for_a_cpu_counts_as_load(self):
         # A process on a CPU that other busy processes share: it got 0.4 of a CPU, a tenth to
         # the sender, and its threads waited 0.5 s for the rest. By CPU time alone the process
         # looks 60% idle.
-        clocks = Clocks()
-        pacer = clocks.pacer(0.05)
-        clocks.spend(1.0, others=0.3, own=0.1, waited=0.5)
-        assert pacer.delay() == CpuPacer.MAX_DELAY_S
+        assert delay_after(1.0, others=0.3, own=0.1, waited=0.5) == CpuPacer.MAX_DELAY_S
         # The same CPU times with nothing waiting: the sender may go on.
-        clocks = Clocks()
-        pacer = clocks.pacer(0.05)
-        clocks.spend(1.0, others=0.3, own=0.1)
-        assert pacer.delay() == 0
+        assert delay_after(1.0, others=0.3, own=0.1) == 0
 
     def test_the_floor_is_the_share_of_the_cpu_the_process_gets(self):
         # One of five busy servers on a core: it got a fifth of a CPU and waited for the rest.
@@ -116,10 +107,7 @@ class TestCpuPacer:
         assert pacer.delay() == 0
 
     def test_an_idle_process_does_not_hold_the_sender_back(self):
-        clocks = Clocks()
-        pacer = clocks.pacer(0.05)
-        clocks.spend(0.5, others=0.02, own=0.15)
-        assert pacer.delay() == 0
+        assert delay_after(0.5, others=0.02, own=0.15) == 0
 
     def test_old_load_is_forgotten_after_a_window(self):
         clocks = Clocks()

@@ -48,6 +48,7 @@ def test_turns_on_a_pending_session_leave_its_state_as_it_is(user, foundry_agent
     # Created with the first message; the five after it found the state pending.
     assert state.wanted_seq == 1
     assert (state.wanted_through, state.pending_count) == (6, 6)
+    assert SinkState.objects.pending_messages() == 6
 
 
 def test_on_sqlite_a_turn_on_a_pending_session_runs_nothing_on_its_state(user, foundry_agents):
