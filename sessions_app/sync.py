@@ -862,8 +862,11 @@ class RunQueueWaits:
     process's own CPU time does not show: other processes on its CPU (more server processes
     than cores, a batch job) take the CPU its turns wait for.
 
-    Reading every thread's file costs about 5 us a thread, so a reading stands for
-    MAX_AGE_S; `seconds()` is None where the kernel does not keep these figures."""
+    Each thread's file stays open and is read again in place: opened for each reading, a
+    server's 41 threads took 0.7 ms, against 0.16 ms now. A pacer holding the sender back reads
+    about 4 times a second, which had taken half of the share of a server that gets a quarter
+    of a CPU. A reading stands for MAX_AGE_S; `seconds()` is None where the kernel does not
+    keep these figures. `close()` closes the files."""
 
     MAX_AGE_S = 0.2
     TASKS = "/proc/self/task"
@@ -875,8 +878,9 @@ class RunQueueWaits:
         self._clock = clock
         self._read_at: float | None = None
         self._total: float | None = None
-        # Thread id -> its last reading; what ended threads waited stays in `_ended`.
-        self._waited: dict[int, float] = {}
+        # Thread id -> [its open schedstat file, its last reading]; what ended threads waited
+        # stays in `_ended`.
+        self._threads: dict[int, list] = {}
         self._ended = 0.0
         self.available = os.path.exists(f"{self.TASKS}/{threading.get_native_id()}/schedstat")
 
@@ -889,26 +893,40 @@ class RunQueueWaits:
             self._total = self._read()
         return self._total
 
+    def close(self) -> None:
+        for tid in list(self._threads):
+            self._end(tid)
+
+    def _end(self, tid: int) -> None:
+        """The thread ended (or is no longer counted): its last reading stands."""
+        fd, waited = self._threads.pop(tid)
+        self._ended += waited
+        os.close(fd)
+
     def _read(self) -> float:
         exclude = self._exclude()
         try:
-            tids = {int(t) for t in os.listdir(self.TASKS)}
+            tids = {int(t) for t in os.listdir(self.TASKS)} - exclude
         except OSError:
             tids = set()
-        for gone in self._waited.keys() - tids:
-            self._ended += self._waited.pop(gone)
-        for tid in tids - exclude:
+        for gone in self._threads.keys() - tids:
+            self._end(gone)
+        for tid in tids:
+            thread = self._threads.get(tid)
+            if thread is None:
+                try:
+                    fd = os.open(f"{self.TASKS}/{tid}/schedstat", os.O_RDONLY)
+                except OSError:
+                    continue  # ended meanwhile
+                thread = self._threads[tid] = [fd, 0.0]
             try:
-                with open(f"{self.TASKS}/{tid}/schedstat", "rb") as stats:
-                    # "<ns on a CPU> <ns waiting on a run queue> <time slices>"
-                    waited = int(stats.read().split()[1]) / 1e9
+                # "<ns on a CPU> <ns waiting on a run queue> <time slices>"
+                thread[1] = int(os.pread(thread[0], 128, 0).split()[1]) / 1e9
             except (OSError, ValueError, IndexError):
-                continue  # ended meanwhile: its last reading stands
-            last = self._waited.get(tid, 0.0)
-            if waited < last:  # a new thread took an ended thread's id between two readings
-                self._ended += last
-            self._waited[tid] = waited
-        return self._ended + sum(self._waited.values())
+                # Ended meanwhile (ESRCH), though its id is listed: a new thread may have
+                # taken it, which the next reading opens afresh.
+                self._end(tid)
+        return self._ended + sum(waited for _, waited in self._threads.values())
 
 
 class CpuPacer:
@@ -1045,4 +1063,8 @@ def _run_in_process(stop: threading.Event) -> None:
         )
         await Sender(pacer=pacer).run(stop, _wake)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        if pacer is not None:
+            waits.close()

@@ -245,6 +245,47 @@ class TestRunQueueWaits:
         waits.seconds()
         assert reads == [0.0, RunQueueWaits.MAX_AGE_S]
 
+    def test_each_thread_file_stays_open_until_its_thread_ends(self):
+        """Read in place, not opened for each reading (a server's 41 threads: 0.7 ms a
+        reading, against 0.16 ms); an ended thread's file is closed, its last reading
+        stands; close() closes the rest."""
+
+        def open_files() -> int:
+            return len(os.listdir("/proc/self/fd"))
+
+        now = [0.0]
+        waits = RunQueueWaits(clock=lambda: now[0])
+
+        def reading() -> float:
+            now[0] += 1  # past MAX_AGE_S: a new reading
+            return waits.seconds()
+
+        before = open_files()
+        reading()
+        opened = open_files() - before
+        assert opened >= 1
+        reading()
+        assert open_files() == before + opened
+
+        ending, tids = threading.Event(), []
+        thread = threading.Thread(
+            target=lambda: tids.append(threading.get_native_id()) or ending.wait()
+        )
+        thread.start()
+        with_thread = reading()
+        assert open_files() == before + opened + 1
+        ending.set()
+        thread.join()
+        deadline = time.monotonic() + 5
+        while str(tids[0]) in os.listdir(RunQueueWaits.TASKS):  # the kernel's part of the exit
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert reading() >= with_thread
+        assert open_files() == before + opened
+
+        waits.close()
+        assert open_files() == before
+
     def test_none_where_the_kernel_keeps_no_figures(self, tmp_path, monkeypatch):
         monkeypatch.setattr(RunQueueWaits, "TASKS", str(tmp_path))
         assert RunQueueWaits().seconds() is None
