@@ -622,13 +622,27 @@ class Sender:
         loop = asyncio.get_running_loop()
         sinks = all_sinks()
         due = {sink.name: asyncio.Event() for sink in sinks}
+        waiting: set[str] = set()  # the sinks whose loop waits for its due event
+        went_idle = asyncio.Event()  # a loop came to wait, or ended
 
         async def tick() -> None:
             while not stop.is_set():
-                parked = self._parked_for(sinks)
-                if parked > 0:
+                went_idle.clear()
+                idle = [sink for sink in sinks if sink.name in waiting]
+                parked = self._parked_for(idle)
+                if not idle or (parked > 0 and len(idle) < len(sinks)):
+                    # A loop in a pass starts the next one itself when it ends, and the
+                    # waiting ones (if any) could do nothing yet: no turn's wake is taken up
+                    # meanwhile (each costs the server thread switches; one that comes stays
+                    # set). Held back by its pacer, the sender is in a pass for seconds.
+                    try:
+                        await asyncio.wait_for(went_idle.wait(), parked or None)
+                        continue
+                    except TimeoutError:
+                        pass  # a parked sink may be passed over again
+                elif parked > 0:
                     # Every sink is off or its breaker open: a turn's wake could start
-                    # nothing, so none is waited for (each costs the server thread switches).
+                    # nothing, so none is waited for.
                     await loop.run_in_executor(None, stop.wait, parked)
                 else:
                     waiter = wake or stop
@@ -640,19 +654,30 @@ class Sender:
                     wake.clear()
                 for event in due.values():
                     event.set()
+            for event in due.values():  # the loops waiting to the end see the stop
+                event.set()
 
         async def sink_loop(sink: Sink) -> None:
-            while not stop.is_set():
-                # Cleared before the pass, not after it: a wake (or the stop) that comes during
-                # the pass is seen once it ends, instead of being waited for until the next.
-                due[sink.name].clear()
-                try:
-                    handled = await self.run_sink_once(sink)
-                except Exception:
-                    logger.exception("Sync pass for %s failed; retrying", sink.label)
-                    handled = 0
-                if handled == 0 and not stop.is_set():
-                    await due[sink.name].wait()
+            try:
+                while not stop.is_set():
+                    # Cleared before the pass, not after it: a wake (or the stop) that comes
+                    # during the pass is seen once it ends, instead of being waited for until
+                    # the next.
+                    due[sink.name].clear()
+                    try:
+                        handled = await self.run_sink_once(sink)
+                    except Exception:
+                        logger.exception("Sync pass for %s failed; retrying", sink.label)
+                        handled = 0
+                    if handled == 0 and not stop.is_set():
+                        waiting.add(sink.name)
+                        went_idle.set()
+                        try:
+                            await due[sink.name].wait()
+                        finally:
+                            waiting.discard(sink.name)
+            finally:
+                went_idle.set()  # the tick may be waiting for this loop: the stop is seen
 
         await asyncio.gather(tick(), *(sink_loop(sink) for sink in sinks))
         await self.aclose(sinks)

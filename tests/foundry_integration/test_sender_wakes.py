@@ -30,6 +30,19 @@ class CountingSender(Sender):
         return super()._claim(sink)
 
 
+def wakes_taken_up(wake: threading.Event, *, seconds: float) -> int:
+    """Wake the sender every 10 ms for `seconds`, as a busy server's turns do; returns how
+    many wakes it took up (cleared)."""
+    taken = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if not wake.is_set():
+            taken += 1
+            wake.set()
+        time.sleep(0.01)
+    return taken
+
+
 def test_a_sink_found_off_is_passed_over_until_the_poll_interval_ends(
     user, foundry_agents, settings
 ):
@@ -60,13 +73,7 @@ def test_while_every_sink_is_off_wakes_wait_and_the_flag_is_seen_soon(
     try:
         # A busy server's turns: a wake every 10 ms. The sender takes one up (clears it) only
         # when a sink may be passed over again: about once per poll interval, not per wake.
-        taken = 0
-        end = time.monotonic() + 1.2
-        while time.monotonic() < end:
-            if not wake.is_set():
-                taken += 1
-                wake.set()
-            time.sleep(0.01)
+        taken = wakes_taken_up(wake, seconds=1.2)
         passes = dict(sender.passes)
         settings.FLAGS = flag_settings(True)
         forget_cached_flag()
@@ -101,13 +108,19 @@ class HeldSender(Sender):
         return 0
 
 
+def run_in_thread(sender: Sender) -> tuple[threading.Event, threading.Event, threading.Thread]:
+    """`sender.run` in a thread (a daemon: should it hang, the test run still ends); returns
+    its stop and wake events, and the thread."""
+    stop, wake = threading.Event(), threading.Event()
+    thread = threading.Thread(target=lambda: asyncio.run(sender.run(stop, wake)), daemon=True)
+    thread.start()
+    return stop, wake, thread
+
+
 def test_a_stop_during_a_pass_ends_the_sender(foundry_agents, settings):
     settings.SYNC_WAKE_COALESCE_S = 0.01
     sender = HeldSender(name="held")
-    stop, wake = threading.Event(), threading.Event()
-    # A daemon: should it hang (the defect this tests), the test run still ends.
-    thread = threading.Thread(target=lambda: asyncio.run(sender.run(stop, wake)), daemon=True)
-    thread.start()
+    stop, wake, thread = run_in_thread(sender)
     assert sender.in_pass.wait(10)
     stop.set()
     wake.set()
@@ -115,3 +128,70 @@ def test_a_stop_during_a_pass_ends_the_sender(foundry_agents, settings):
     sender.end_pass.set()
     thread.join(10)
     assert not thread.is_alive(), "the sender kept waiting after its stop"
+
+
+class HeldPassSender(HeldSender):
+    """A HeldSender that counts its passes over Foundry and passes over its other sinks as
+    usual."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.foundry_passes = 0
+
+    async def run_sink_once(self, sink) -> int:
+        if sink.name != "foundry":
+            return await Sender.run_sink_once(self, sink)
+        self.foundry_passes += 1
+        return await super().run_sink_once(sink)
+
+
+def start_held(
+    settings,
+) -> tuple[HeldPassSender, threading.Event, threading.Event, threading.Thread]:
+    """A HeldPassSender running (run_in_thread), in its first pass over Foundry, while Zep
+    (not configured: off) is parked."""
+    settings.SYNC_POLL_INTERVAL_S = 30
+    settings.SYNC_WAKE_COALESCE_S = 0.01
+    sender = HeldPassSender(name="held-pass")
+    stop, wake, thread = run_in_thread(sender)
+    assert sender.in_pass.wait(10)
+    deadline = time.monotonic() + 10
+    while sender._parked_for([sink_get("zep")]) == 0:
+        assert time.monotonic() < deadline, "Zep was not parked"
+        time.sleep(0.01)
+    return sender, stop, wake, thread
+
+
+def test_while_the_sinks_are_in_a_pass_or_parked_no_wake_is_taken_up(foundry_agents, settings):
+    sender, stop, wake, thread = start_held(settings)
+    try:
+        # A busy server's turns wake the sender every 10 ms for a second. A sender held back
+        # by its pacer stays in a pass for seconds: a pass that ends goes on to the next by
+        # itself, and the parked Zep could do nothing. Taken up per turn: about 90.
+        taken = wakes_taken_up(wake, seconds=1)
+        assert taken <= 1, taken
+        # Once the pass ends with nothing done, the loop waits for a wake, and the wake that
+        # is pending starts the next pass at once, not when Zep's parking (30 s) ends.
+        sender.end_pass.set()
+        deadline = time.monotonic() + 5
+        while sender.foundry_passes < 2:
+            assert time.monotonic() < deadline, "the pending wake started no pass"
+            time.sleep(0.01)
+    finally:
+        sender.end_pass.set()
+        stop.set()
+        wake.set()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_a_stop_during_a_pass_ends_the_sender_while_another_sink_is_parked(
+    foundry_agents, settings
+):
+    sender, stop, wake, thread = start_held(settings)
+    stop.set()
+    wake.set()  # as the server's stop does
+    time.sleep(0.1)
+    sender.end_pass.set()  # the pass ends after the stop: no wake comes any more
+    thread.join(10)
+    assert not thread.is_alive(), "the parked sink's loop kept waiting after the stop"
