@@ -76,8 +76,10 @@ async def rest_chat(
     seconds: float,
     warmup: float,
     session_prefix: str,
+    keep_latencies: bool = False,
 ) -> dict:
-    """`clients` closed-loop clients POSTing chat messages to `url`, each on its own session."""
+    """`clients` closed-loop clients POSTing chat messages to `url`, each on its own session;
+    with `keep_latencies`, the result also holds every answer's latency (`latencies_ms`)."""
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Token {token}"
@@ -121,7 +123,10 @@ async def rest_chat(
 
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
         await asyncio.gather(*(client(i, http) for i in range(clients)))
-    return {"clients": clients, "seconds": seconds, **tally.result(seconds)}
+    result = {"clients": clients, "seconds": seconds, **tally.result(seconds)}
+    if keep_latencies:
+        result["latencies_ms"] = [round(1000 * v, 3) for v in tally.latencies]
+    return result
 
 
 async def single_post(url: str, token: str, body: dict) -> tuple[float, int, dict | None]:

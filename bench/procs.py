@@ -122,6 +122,25 @@ class Child:
             last = now
         return time.monotonic() - began
 
+    def pin(self, cpu: int) -> None:
+        """Pin every thread of the process to `cpu` (threads it starts later inherit that),
+        until a pass over its threads finds them all pinned."""
+        while True:
+            moved = 0
+            try:
+                tids = [int(t) for t in os.listdir(f"/proc/{self.pid}/task")]
+            except OSError:
+                return  # it has exited
+            for tid in tids:
+                try:
+                    if os.sched_getaffinity(tid) != {cpu}:
+                        os.sched_setaffinity(tid, {cpu})
+                        moved += 1
+                except ProcessLookupError:
+                    continue  # the thread ended meanwhile
+            if not moved:
+                return
+
     def pause(self) -> None:
         if self.alive():
             os.killpg(self.pid, signal.SIGSTOP)
@@ -176,11 +195,11 @@ class Processes:
         env: dict[str, str],
         *,
         role: str,
-        cpu: int = SERVER_CPU,
+        cpu: int | str = SERVER_CPU,
         stdout_path: Path | None = None,
     ) -> Child:
-        """Start `args` pinned to `cpu`; output goes to `<name>.log` (stdout to `stdout_path`
-        instead, if given)."""
+        """Start `args` pinned to `cpu` (a taskset list, such as "0,1"); output goes to
+        `<name>.log` (stdout to `stdout_path` instead, if given)."""
         log_path = self.log_dir / f"{name}.log"
         runs = 1
         while log_path.exists():  # a restarted process gets its own log
