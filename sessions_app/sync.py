@@ -34,6 +34,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 from django.db.models import F, Q
+from django.db.transaction import TransactionManagementError
 from django.utils import timezone
 
 from sessions_app import sql
@@ -124,19 +125,21 @@ def claim_states(*, sink_name: str, worker: str, limit: int) -> list[SinkState]:
     """Lease up to `limit` sessions with messages due for the sink, the longest due first. A
     session importing another sink's thread waits for it: its seqs are about to move.
 
-    The claim is one statement (_claim_sql): on SQLite any write holds the lock that every chat
-    turn waits for, and the ORM's two statements in a transaction, built inside it, held it
-    2-12 ms in a server short of CPU. The rows are read after it, theirs by then."""
+    The claim is one statement (_claim_sql): on SQLite its transaction holds the lock that
+    every chat turn waits for, and the ORM's two statements, built inside it, held it 2-12 ms
+    in a server short of CPU. The rows are read after it, theirs by then."""
     now = timezone.now()
     adapt = sql.db().ops.adapt_datetimefield_value
     lease_end = now + timedelta(seconds=settings.SYNC_LEASE_S)
-    ids = [
-        row[0]
-        for row in sql.fetch_all(
+    # In a transaction of its own: on SQLite that queues it on the process's writer lock as
+    # the turns' are (chatproject.sqlite), instead of polling in SQLite's busy handler while
+    # a turn that finds it there polls too.
+    with transaction.atomic():
+        rows = sql.fetch_all(
             _claim_sql(),
             [worker, adapt(lease_end), sink_name, adapt(now), adapt(now), sink_name, limit],
         )
-    ]
+    ids = [row[0] for row in rows]
     if not ids:
         return []
     return list(SinkState.objects.filter(id__in=ids, claimed_by=worker).select_related("session"))
@@ -241,6 +244,8 @@ def _point_at_sql(session_field: str | None) -> tuple[str, str | None, str, str]
 def point_at(*, state: SinkState, sink: Sink, remote_id: str | None) -> bool:
     """Make `remote_id` (or none) the session's thread on the sink, nothing delivered there yet.
     Call inside a transaction. False if the session no longer exists."""
+    if not sql.db().in_atomic_block:  # as the ORM's select_for_update refuses
+        raise TransactionManagementError("point_at runs inside a transaction")
     lock_session, set_field, forget_receipts, reset_state = _point_at_sql(sink.session_field)
     # The session row is locked first, as a chat turn locks it, so the two never deadlock.
     if sql.fetch_one(lock_session, [state.session_id]) is None:
@@ -260,16 +265,21 @@ def _owned_sql() -> str:
     )
 
 
-@transaction.atomic
 def record_remote(state: SinkState, sink: Sink, remote_id: str | None, worker: str) -> None:
     """Point the claimed session at a (new) remote thread, or at none. A thread made for a
-    session deleted meanwhile is queued for deletion instead."""
-    if not point_at(state=state, sink=sink, remote_id=remote_id):
+    session deleted meanwhile, or claimed by another sender meanwhile, is nobody's: it is
+    queued for deletion (after the transaction, which the ClaimLost undoes)."""
+    lost = None
+    with transaction.atomic():
+        if not point_at(state=state, sink=sink, remote_id=remote_id):
+            lost = ClaimLost(f"session {state.session_id} was deleted")
+        elif sql.fetch_one(_owned_sql(), [state.pk, worker]) is None:
+            lost = ClaimLost(f"session {state.session_id} was claimed by another sender")
+            transaction.set_rollback(True)  # its thread stays the session's
+    if lost is not None:
         if remote_id:
             queue_deletion(sink.name, remote_id, state.session.session_key)
-        raise ClaimLost(f"session {state.session_id} was deleted")
-    if sql.fetch_one(_owned_sql(), [state.pk, worker]) is None:
-        raise ClaimLost(f"session {state.session_id} was claimed by another sender")
+        raise lost
     state.remote_id = remote_id
     state.delivered_seq = 0
     state.inflight_seq = None
@@ -689,7 +699,7 @@ class Sender:
                 went_idle.clear()
                 idle = [sink for sink in sinks if sink.name in waiting]
                 parked = self._parked_for(idle)
-                if not idle or (parked > 0 and len(idle) < len(sinks)):
+                if sinks and (not idle or (parked > 0 and len(idle) < len(sinks))):
                     # A loop in a pass starts the next one itself when it ends, and the
                     # waiting ones (if any) could do nothing yet: no turn's wake is taken up
                     # meanwhile (each costs the server thread switches; one that comes stays
@@ -713,6 +723,7 @@ class Sender:
                     wake.clear()
                 for event in due.values():
                     event.set()
+                waiting.clear()  # woken: each is about to pass, not to wait
             for event in due.values():  # the loops waiting to the end see the stop
                 event.set()
 

@@ -1,15 +1,20 @@
 """Which sessions a sender claims for a sink: the pending ones that no live lease holds, whose
 backoff is over and which import no other sink's thread, the longest due first. The claim is
 one SQL statement; SinkState.objects.pending() and sync._due_states say the same in the ORM,
-and these tests hold the two to each other. SQLite, and PostgreSQL in the second pass."""
+and these tests hold the two to each other. And what a sender leaves behind when it loses a
+session it made a thread for. SQLite, and PostgreSQL in the second pass."""
 
+import threading
 from datetime import timedelta
 
 import pytest
+from django.db import connection, transaction
+from django.db.transaction import TransactionManagementError
 from django.utils import timezone
 
-from sessions_app.models import ChatSession, SinkState
-from sessions_app.sync import _due_states, claim_states
+from sessions_app.models import ChatSession, RemoteDeletion, SinkState
+from sessions_app.sinks import sink_get
+from sessions_app.sync import ClaimLost, _due_states, claim_states, point_at, record_remote
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -84,3 +89,60 @@ def test_the_longest_due_are_claimed_first_up_to_the_limit(user):
     assert {s.pk for s in first} == {ids["oldest"], ids["middle"]}
     (last,) = claim_states(sink_name="foundry", worker="me", limit=2)
     assert last.pk == ids["newest"]
+
+
+def test_a_row_another_sender_is_claiming_is_skipped_not_waited_for(user):
+    if not connection.features.has_select_for_update_skip_locked:
+        pytest.skip("SQLite has no row locks: its writers queue for the database")
+    locked, free = state(user, "locked"), state(user, "free")
+    held, release = threading.Event(), threading.Event()
+
+    def another_sender() -> None:
+        try:
+            with transaction.atomic():
+                SinkState.objects.select_for_update().get(pk=locked)
+                held.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=another_sender)
+    thread.start()
+    try:
+        assert held.wait(10)
+        claimed = claim_states(sink_name="foundry", worker="me", limit=10)
+    finally:
+        release.set()
+        thread.join(10)
+    assert [s.pk for s in claimed] == [free]
+
+
+def claimed_one(user, worker: str = "me") -> SinkState:
+    state(user, "made-a-thread")
+    (claimed,) = claim_states(sink_name="foundry", worker=worker, limit=10)
+    return claimed
+
+
+def test_a_thread_made_for_a_session_deleted_meanwhile_is_queued_for_deletion(user):
+    claimed = claimed_one(user)
+    ChatSession.objects.filter(pk=claimed.session_id).delete()
+    with pytest.raises(ClaimLost):
+        record_remote(claimed, sink_get("foundry"), "thread_orphan", "me")
+    assert RemoteDeletion.objects.filter(sink="foundry", remote_id="thread_orphan").exists()
+
+
+def test_a_thread_made_for_a_session_another_sender_took_is_queued_for_deletion(user):
+    claimed = claimed_one(user)
+    SinkState.objects.filter(pk=claimed.pk).update(claimed_by="another", remote_id="thread_theirs")
+    with pytest.raises(ClaimLost):
+        record_remote(claimed, sink_get("foundry"), "thread_orphan", "me")
+    assert RemoteDeletion.objects.filter(remote_id="thread_orphan").exists()
+    # The session keeps the other sender's thread.
+    assert SinkState.objects.get(pk=claimed.pk).remote_id == "thread_theirs"
+    assert ChatSession.objects.get(pk=claimed.session_id).foundry_thread_id is None
+
+
+def test_pointing_a_session_at_a_thread_outside_a_transaction_is_refused(user):
+    claimed = claimed_one(user)
+    with pytest.raises(TransactionManagementError):
+        point_at(state=claimed, sink=sink_get("foundry"), remote_id="thread_x")

@@ -195,3 +195,14 @@ def test_a_stop_during_a_pass_ends_the_sender_while_another_sink_is_parked(
     sender.end_pass.set()  # the pass ends after the stop: no wake comes any more
     thread.join(10)
     assert not thread.is_alive(), "the parked sink's loop kept waiting after the stop"
+
+
+def test_a_sender_with_no_sinks_stops(settings):
+    settings.CHAT_SINKS = []
+    settings.SYNC_POLL_INTERVAL_S = 30
+    stop, wake, thread = run_in_thread(Sender(name="no-sinks"))
+    time.sleep(0.1)
+    stop.set()
+    wake.set()
+    thread.join(10)
+    assert not thread.is_alive(), "the sender with no sinks kept waiting after its stop"
