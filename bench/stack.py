@@ -191,7 +191,8 @@ def start_servers(
 ) -> list[Server]:
     """Start servers on the server CPU. With `start_on_every_cpu` they start up (imports,
     Django's setup: about 2 s of CPU each) on every CPU and are pinned to the server CPU once
-    healthy: many servers start in about half the time."""
+    healthy, so that their start-up does not queue on one CPU (the harness's 16: 35 s before,
+    29-32 s with the backlog's preparation beside them, which then takes the longer)."""
     cpus = (
         ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
         if start_on_every_cpu
