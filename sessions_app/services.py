@@ -151,7 +151,7 @@ def _message_append(
         wake = not (is_user and session.history_import_from)
         mark_pending(
             session=session,
-            sinks=sinks,
+            sink_names=names,
             through_seq=message.seq,
             stamp=stamp,
             wake_sender=wake,
@@ -288,16 +288,17 @@ def _message_insert(
 def mark_pending(
     *,
     session: ChatSession,
-    sinks: Sequence[Sink],
+    sink_names: Sequence[str],
     through_seq: int,
     stamp: object,
     wake_sender: bool = True,
     known_pending: bool = False,
 ) -> None:
-    """Record that the sinks want the session's messages up to `through_seq` (its newest), and
-    wake the sender once the transaction commits (unless not `wake_sender`: it finds them on
-    its next poll). `stamp` is now, as the database driver takes it; `known_pending`: the
-    turn found every state pending already (_advance_sql), so there is nothing to write.
+    """Record that the sinks named want the session's messages up to `through_seq` (its
+    newest), and wake the sender once the transaction commits (unless not `wake_sender`: it
+    finds them on its next poll). `stamp` is now, as the database driver takes it;
+    `known_pending`: the turn found every state pending already (_advance_sql), so there is
+    nothing to write.
 
     One statement for every sink, which writes only where it changes something: a sink state
     new to the session is created, and one that had delivered everything becomes pending.
@@ -308,13 +309,12 @@ def mark_pending(
     cost per turn. (PostgreSQL still locks the row, a small write of its own, and draws an id
     from the sequence.)
     """
-    names = [sink.name for sink in sinks]
-    if not names:
+    if not sink_names:
         return
     if not known_pending:
         sql.execute(
-            _mark_pending_sql(len(names)),
-            [value for name in names for value in (session.pk, name, through_seq, stamp)],
+            _mark_pending_sql(len(sink_names)),
+            [value for name in sink_names for value in (session.pk, name, through_seq, stamp)],
         )
     if wake_sender:
         transaction.on_commit(notify_sender)

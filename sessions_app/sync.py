@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import close_old_connections, transaction
 from django.db.models import F, Q
 from django.db.transaction import TransactionManagementError
 from django.utils import timezone
@@ -374,21 +374,25 @@ def queue_deletion(sink_name: str, remote_id: str, session_key: str) -> None:
 
 
 # Every delivered batch runs pending_messages, mark_inflight and record_delivered, so they are
-# SQL, not the ORM (see sessions_app.sql): with the sender inside a server, building them was
-# CPU taken from the turns.
+# SQL, not the ORM (see sessions_app.sql), each statement built once as the turn's are: with the
+# sender inside a server, building them was CPU taken from the turns.
 
 
 def pending_messages(state: SinkState, limit: int) -> list[OutgoingMessage]:
     """The first `limit` messages after `delivered_seq`: up to the session's newest, which a
     pending state wants whatever its `wanted_seq` (see SinkState)."""
+    rows = sql.fetch_all(_pending_messages_sql(), [state.session_id, state.delivered_seq, limit])
+    return [OutgoingMessage(*row) for row in rows]
+
+
+@functools.cache
+def _pending_messages_sql() -> str:
     seq = sql.column(ChatMessage, "seq")
-    rows = sql.fetch_all(
+    return (
         f"SELECT {sql.columns(ChatMessage, ['seq', 'role', 'content', 'agent_id'])} "
         f"FROM {sql.table(ChatMessage)} WHERE {sql.column(ChatMessage, 'session_id')} = %s "
-        f"AND {seq} > %s ORDER BY {seq} LIMIT %s",
-        [state.session_id, state.delivered_seq, limit],
+        f"AND {seq} > %s ORDER BY {seq} LIMIT %s"
     )
-    return [OutgoingMessage(*row) for row in rows]
 
 
 def next_batch(state: SinkState, limit: int, worker: str) -> list[OutgoingMessage]:
@@ -402,16 +406,19 @@ def next_batch(state: SinkState, limit: int, worker: str) -> list[OutgoingMessag
 def _update_owned(state: SinkState, worker: str, values: dict) -> None:
     """UPDATE the claimed row with `values` (attname -> Python value); ClaimLost if the row is
     not ours any more."""
-    col = functools.partial(sql.column, SinkState)
-    adapt = connection.ops.adapt_datetimefield_value
+    adapt = sql.db().ops.adapt_datetimefield_value
     params = [adapt(v) if isinstance(v, datetime) else v for v in values.values()]
-    updated = sql.execute(
-        f"UPDATE {sql.table(SinkState)} SET {', '.join(f'{col(name)} = %s' for name in values)} "
-        f"WHERE {col('id')} = %s AND {col('claimed_by')} = %s",
-        [*params, state.pk, worker],
-    )
-    if not updated:
+    if not sql.execute(_update_owned_sql(tuple(values)), [*params, state.pk, worker]):
         raise ClaimLost(f"session {state.session_id} was claimed by another sender")
+
+
+@functools.cache
+def _update_owned_sql(names: tuple[str, ...]) -> str:
+    col = functools.partial(sql.column, SinkState)
+    return (
+        f"UPDATE {sql.table(SinkState)} SET {', '.join(f'{col(name)} = %s' for name in names)} "
+        f"WHERE {col('id')} = %s AND {col('claimed_by')} = %s"
+    )
 
 
 def mark_inflight(state: SinkState, seq: int, worker: str) -> None:
@@ -461,10 +468,8 @@ def record_delivered(
         },
     )
     if seqs:
-        receipt_columns = sql.columns(SinkReceipt, ["state_id", "seq", "remote_id"])
         sql.execute(
-            f"INSERT INTO {sql.table(SinkReceipt)} ({receipt_columns}) "
-            f"VALUES {', '.join(['(%s, %s, %s)'] * len(seqs))}",
+            _receipts_sql(len(seqs)),
             [
                 value
                 for seq, remote_id in zip(seqs, remote_ids, strict=True)
@@ -478,18 +483,31 @@ def record_delivered(
     return release
 
 
+@functools.lru_cache(maxsize=64)
+def _receipts_sql(count: int) -> str:
+    columns = sql.columns(SinkReceipt, ["state_id", "seq", "remote_id"])
+    return (
+        f"INSERT INTO {sql.table(SinkReceipt)} ({columns}) "
+        f"VALUES {', '.join(['(%s, %s, %s)'] * count)}"
+    )
+
+
 def _newest_seq(session_id: int) -> int:
     """The session's newest message (0 if the session is gone). Call inside a transaction: on
     PostgreSQL the session row is locked, so that a turn still writing a message to it (which
     holds that lock, and found the state pending) commits first and is seen here; on SQLite the
     sender's write transaction excludes the turns' anyway. The session row before the sink
     state, in the order a turn locks them: the two never deadlock."""
-    row = sql.fetch_one(
-        f"SELECT {sql.column(ChatSession, 'last_seq')} FROM {sql.table(ChatSession)} "
-        f"WHERE {sql.column(ChatSession, 'id')} = %s{_session_lock()}",
-        [session_id],
-    )
+    row = sql.fetch_one(_newest_seq_sql(), [session_id])
     return row[0] if row else 0
+
+
+@functools.cache
+def _newest_seq_sql() -> str:
+    return (
+        f"SELECT {sql.column(ChatSession, 'last_seq')} FROM {sql.table(ChatSession)} "
+        f"WHERE {sql.column(ChatSession, 'id')} = %s{_session_lock()}"
+    )
 
 
 def receipt_ids(state: SinkState) -> set[str]:
@@ -568,19 +586,26 @@ def record_sink_result(sink: Sink, error: str = "") -> None:
 def _record_health(sink_name: str, now, *, delivered: int, success: bool) -> None:
     """Count `delivered` messages for the sink and, on `success`, close its breaker: one write
     of the row that every sender shares (SQL: a delivered batch runs it)."""
+    sql.execute(
+        _record_health_sql(success),
+        [
+            delivered,
+            *([sql.db().ops.adapt_datetimefield_value(now)] if success else []),
+            sink_name,
+        ],
+    )
+
+
+@functools.cache
+def _record_health_sql(success: bool) -> str:
     col = functools.partial(sql.column, SinkHealth)
     closed = (
         f", {col('consecutive_failures')} = 0, {col('open_until')} = NULL, "
         f"{col('last_success_at')} = %s"
     )
-    sql.execute(
+    return (
         f"UPDATE {sql.table(SinkHealth)} SET {col('delivered_total')} = "
-        f"{col('delivered_total')} + %s{closed if success else ''} WHERE {col('sink')} = %s",
-        [
-            delivered,
-            *([connection.ops.adapt_datetimefield_value(now)] if success else []),
-            sink_name,
-        ],
+        f"{col('delivered_total')} + %s{closed if success else ''} WHERE {col('sink')} = %s"
     )
 
 
