@@ -3,7 +3,6 @@
 Serve it with `daphne chatproject.asgi:application` (or `manage.py runserver`, which uses Daphne).
 """
 
-import gc
 import os
 
 import django
@@ -19,6 +18,7 @@ django_asgi_app = PooledSyncASGIHandler()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import get_resolver  # noqa: E402
 
+from chatproject.heap import freeze_long_lived  # noqa: E402
 from sessions_app.auth import WebSocketAuthMiddleware  # noqa: E402
 from sessions_app.middleware import RequestBodyLimit, StartSender  # noqa: E402
 from sessions_app.routing import websocket_urlpatterns  # noqa: E402
@@ -27,8 +27,7 @@ from sessions_app.routing import websocket_urlpatterns  # noqa: E402
 # then take all that lives for the process out of the garbage collector's reach: the full
 # collections (every few thousand requests) walked all of it, stalling a request about 80 ms.
 get_resolver().url_patterns  # noqa: B018
-gc.collect()  # what start-up left as garbage is freed, not frozen
-gc.freeze()
+freeze_long_lived()
 
 application = StartSender(
     ProtocolTypeRouter(

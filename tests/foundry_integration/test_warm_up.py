@@ -1,6 +1,7 @@
 """A server process warms its active sinks up in the background, once, without calling them,
 so that no user's turn waits for the SDK's imports and first client."""
 
+import gc
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +55,49 @@ def test_switched_off_nothing_is_warmed_up(foundry, fresh_warm_up, settings):
     sinks.warm_up_sinks()
     assert sinks._warm_up_thread is None
     assert fresh_warm_up == []
+
+
+@pytest.fixture
+def unfrozen():
+    """Every object back in the collector's reach (the start-up's freeze, or an earlier test's,
+    may have taken the SDK's), before the test and after it."""
+    gc.unfreeze()
+    yield
+    gc.unfreeze()
+
+
+def sdk_client_class(api: str) -> type:
+    if api == "conversations":
+        from azure.ai.projects.aio import AIProjectClient
+
+        return AIProjectClient
+    from azure.ai.agents.aio import AgentsClient
+
+    return AgentsClient
+
+
+def in_collectors_reach(obj) -> bool:
+    """Whether the collections walk `obj` (a frozen object is in no generation they walk)."""
+    return any(o is obj for o in gc.get_objects())
+
+
+def test_the_warmed_up_sdk_is_taken_out_of_the_collectors_reach(
+    foundry, settings, monkeypatch, unfrozen
+):
+    settings.SINK_WARM_UP = True
+    monkeypatch.setattr(sinks, "_warm_up_thread", None)
+    client_class = sdk_client_class(settings.FOUNDRY_THREAD_API)
+    assert in_collectors_reach(client_class)
+    run_warm_up()
+    assert not in_collectors_reach(client_class)
+
+
+def test_with_no_sink_to_warm_up_nothing_is_frozen(foundry, fresh_warm_up, settings, unfrozen):
+    settings.FLAGS = flag_settings(False)
+    forget_cached_flag()
+    client_class = sdk_client_class(settings.FOUNDRY_THREAD_API)
+    run_warm_up()
+    assert in_collectors_reach(client_class)
 
 
 @pytest.fixture
