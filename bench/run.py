@@ -2,6 +2,7 @@
 measured side by side in one run so that ratios hold on a noisy machine.
 
     .venv/bin/python bench/run.py [--quick] [--rounds N] [--seconds S] [--out FILE.json]
+    .venv/bin/python bench/run.py --postgres postgres://postgres@127.0.0.1:5432/postgres
 
 It starts the real server (Daphne, `chatproject.asgi:application`), sync workers and a
 constant-view baseline as separate processes on 127.0.0.1, pinned to CPU 1 (`taskset -c 1`), and
@@ -30,6 +31,9 @@ Cases:
   6.   Baseline: a bare Daphne + Django constant view under the same load; peak memory per
        process.
 
+`--postgres URL` runs the side-by-side phase alone, each server on a PostgreSQL database of its
+own on that server (created for the run, dropped after it).
+
 `--quick` is the CI smoke test: tiny durations, one round, a small backlog, few sockets; it exits
 0 when every case ran (it never checks a time). Every process it starts is stopped at the end, on
 an error or on Ctrl-C.
@@ -48,6 +52,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -891,6 +896,58 @@ def _side_by_side_lines(report: dict) -> list[str]:
     return lines
 
 
+def _tail_lines(report: dict) -> list[str]:
+    """Peak memory per process, the processes' log complaints, the run's time and commit."""
+    lines: list[str] = []
+    add, extend = lines.append, lines.extend
+    add("")
+    add("Peak memory per process (VmHWM)")
+    by_role: dict[str, list] = {}
+    for m in report["memory"]:
+        by_role.setdefault(m["role"], []).append(m)
+    rows = []
+    for role, items in by_role.items():
+        peak = max(items, key=lambda m: m["peak_rss_mib"])
+        rows.append(
+            [
+                role,
+                len(items),
+                f"{statistics.median(m['peak_rss_mib'] for m in items):.1f}",
+                f"{peak['peak_rss_mib']:.1f}",
+                peak["process"],
+            ]
+        )
+    extend(table(["role", "processes", "median MiB", "max MiB", "max in"], rows))
+    problems = report["log_problems"]
+    if problems:
+        add("")
+        add("Logs of the processes: ERROR lines, tracebacks, WARNING lines")
+        rows = []
+        for p in problems:
+            serving, shutdown = p["serving"], p["shutdown"]
+            kinds = {**serving["errors_by_message"], **shutdown["errors_by_message"]}
+            top = max(kinds.items(), key=lambda kv: kv[1])[0] if kinds else ""
+            rows.append(
+                [
+                    p["process"],
+                    f"{serving['error_lines']} / {serving['tracebacks']} / "
+                    f"{serving['warning_lines']}",
+                    f"{shutdown['error_lines']} / {shutdown['tracebacks']} / "
+                    f"{shutdown['warning_lines']}",
+                    top.split(" ", 1)[-1][:48],
+                ]
+            )
+        extend(table(["process", "serving", "after SIGTERM", "most frequent error"], rows))
+    git = report.get("git") or {}
+    add("")
+    changed = git.get("changed_files")
+    add(
+        f"total {report['elapsed_s']:.0f} s; commit {git.get('commit', '?')}"
+        + (f" with {changed} changed file(s) in the work tree" if changed else "")
+    )
+    return lines
+
+
 def render(report: dict) -> str:
     cfg, summary, cmp_ = report["config"], report["cases"], report["comparisons"]
     lines: list[str] = []
@@ -1105,52 +1162,26 @@ def render(report: dict) -> str:
             "  the turns' own cost of the flag, repeatable on a busy machine; the kernel's "
             "writes (WAL) are not counted"
         )
-    add("")
-    add("Peak memory per process (VmHWM)")
-    by_role: dict[str, list] = {}
-    for m in report["memory"]:
-        by_role.setdefault(m["role"], []).append(m)
-    rows = []
-    for role, items in by_role.items():
-        peak = max(items, key=lambda m: m["peak_rss_mib"])
-        rows.append(
-            [
-                role,
-                len(items),
-                f"{statistics.median(m['peak_rss_mib'] for m in items):.1f}",
-                f"{peak['peak_rss_mib']:.1f}",
-                peak["process"],
-            ]
-        )
-    extend(table(["role", "processes", "median MiB", "max MiB", "max in"], rows))
-    problems = report["log_problems"]
-    if problems:
-        add("")
-        add("Logs of the processes: ERROR lines, tracebacks, WARNING lines")
-        rows = []
-        for p in problems:
-            serving, shutdown = p["serving"], p["shutdown"]
-            kinds = {**serving["errors_by_message"], **shutdown["errors_by_message"]}
-            top = max(kinds.items(), key=lambda kv: kv[1])[0] if kinds else ""
-            rows.append(
-                [
-                    p["process"],
-                    f"{serving['error_lines']} / {serving['tracebacks']} / "
-                    f"{serving['warning_lines']}",
-                    f"{shutdown['error_lines']} / {shutdown['tracebacks']} / "
-                    f"{shutdown['warning_lines']}",
-                    top.split(" ", 1)[-1][:48],
-                ]
-            )
-        extend(table(["process", "serving", "after SIGTERM", "most frequent error"], rows))
-    git = report.get("git") or {}
-    add("")
-    changed = git.get("changed_files")
-    add(
-        f"total {report['elapsed_s']:.0f} s; commit {git.get('commit', '?')}"
-        + (f" with {changed} changed file(s) in the work tree" if changed else "")
-    )
+    extend(_tail_lines(report))
     return "\n".join(lines)
+
+
+def render_postgres(report: dict) -> str:
+    lines = [
+        "",
+        f"Chat backend benchmark {report['started_at']}: the flag side by side on PostgreSQL "
+        f"({report['postgres_server']}), each server on a database of its own",
+        f"load average {report['machine']['loadavg_start']} at start; PostgreSQL's own "
+        "processes are not pinned: they run on either CPU",
+        "",
+        *_side_by_side_lines(report),
+    ]
+    for key, drained in report["side_by_side"]["drains"].items():
+        lines.append(
+            f"  {key}: {drained['pending_at_end']} messages pending after the last round, "
+            f"delivered in {drained['drain_s']} s"
+        )
+    return "\n".join(lines + _tail_lines(report))
 
 
 # ---- main ------------------------------------------------------------------------------------
@@ -1192,20 +1223,28 @@ def finish_task(procs: Processes, child: Child, out: Path, timeout: float = 240)
     return json.loads(out.read_text())
 
 
+def _side_by_side_problems(together: dict) -> list[str]:
+    problems = []
+    for row in together["cases"]:
+        if not row["requests"]:
+            problems.append(f"side by side, {row['case']}: no successful request")
+        if row["errors"]:
+            problems.append(f"side by side, {row['case']}: {row['errors']} errors")
+    return problems
+
+
 def failed_checks(report: dict) -> list[str]:
     """What did not work (never a time): a case without answers, non-200 answers, a cold turn
     that failed or did not see its history, a sync run that delivered nothing."""
+    if report.get("database") == "postgresql":
+        return _side_by_side_problems(report["side_by_side"])
     problems = []
     for key, s in report["cases"].items():
         if not s["requests"]:
             problems.append(f"{key}: no successful request")
         if s["errors"]:
             problems.append(f"{key}: {s['errors']} errors")
-    for row in report["side_by_side"]["cases"]:
-        if not row["requests"]:
-            problems.append(f"side by side, {row['case']}: no successful request")
-        if row["errors"]:
-            problems.append(f"side by side, {row['case']}: {row['errors']} errors")
+    problems += _side_by_side_problems(report["side_by_side"])
     cold = report["cold_start"]
     for name, c in [("local", cold["local"])] + [
         (f"foundry {f['latency_ms']} ms", f) for f in cold["foundry"]
@@ -1231,6 +1270,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, help="measured seconds per case and round")
     parser.add_argument("--out", type=Path, help="JSON results (default bench/results/<time>.json)")
     parser.add_argument("--keep-tmp", action="store_true", help="keep databases and logs")
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="only the flag's side-by-side phase, each server on a database of its own on this "
+        "PostgreSQL server, created for the run and dropped after it "
+        "(e.g. postgres://postgres@127.0.0.1:5432/postgres; its user may create databases)",
+    )
     args = parser.parse_args(argv)
 
     cfg = Config.quick() if args.quick else Config()
@@ -1262,14 +1308,17 @@ def main(argv: list[str] | None = None) -> int:
     failed = True
     began = time.monotonic()
     try:
-        report = run(cfg, procs, tmp, args.quick, stamp)
+        if args.postgres:
+            report = run_postgres(cfg, procs, args.postgres, args.quick, stamp)
+        else:
+            report = run(cfg, procs, tmp, args.quick, stamp)
         report["elapsed_s"] = round(time.monotonic() - began, 1)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(report, indent=2))
         problems = failed_checks(report)
         report["failed_checks"] = problems
         out_path.write_text(json.dumps(report, indent=2))
-        print(render(report))
+        print(render_postgres(report) if args.postgres else render(report))
         print(f"\nJSON: {out_path}")
         failed = False
         if problems:
@@ -1298,6 +1347,19 @@ def git_info() -> dict:
     except (RuntimeError, OSError):
         return {}
     return {"commit": head, "changed_files": len(dirty.splitlines())}
+
+
+def start_cases(
+    procs: Processes, cases: list[Case], dbs, emulator: Emulator, down_url: str
+) -> None:
+    """Each case's server on a fresh database of `dbs`, started and healthy; the flag-on ones
+    are drained into `emulator`."""
+    specs = [c.spec(dbs, emulator.url, down_url) for c in cases]
+    servers = stack.start_servers(procs, specs, start_on_every_cpu=True)
+    for case, server in zip(cases, servers, strict=True):
+        case.server = server
+        if case.config == "on":
+            case.emulator = emulator
 
 
 def run(cfg: Config, procs: Processes, tmp: Path, quick: bool, stamp: str) -> dict:
@@ -1347,18 +1409,13 @@ def run(cfg: Config, procs: Processes, tmp: Path, quick: bool, stamp: str) -> di
     log("starting the emulator and the servers")
     emulator = Emulator(procs, latency_ms=FOUNDRY_LATENCY_MS).wait()
     cases = build_cases(cfg)
-    specs = [c.spec(dbs, emulator.url, down_url) for c in cases]
-    servers = stack.start_servers(procs, specs, start_on_every_cpu=True)
-    for case, server in zip(cases, servers, strict=True):
-        case.server = server
-        if case.config == "on":
-            case.emulator = emulator
+    start_cases(procs, cases, dbs, emulator, down_url)
     for case in cases:
         if case.config == "baseline-mw" and not stack.has_header(
             case.server.url + case.server.health_path, "X-Frame-Options"
         ):
             raise RuntimeError("the baseline with the product's middleware runs without it")
-    log(f"{len(servers)} servers up; waiting for the background preparation")
+    log(f"{len(cases)} servers up; waiting for the background preparation")
     prepared = {name: finish_task(procs, *task) for name, task in tasks.items()}
     backlog = prepared["backlog"]
     log(f"backlog of {backlog['turns']} turns ready in {backlog['seconds']:.1f} s")
@@ -1409,6 +1466,51 @@ def run(cfg: Config, procs: Processes, tmp: Path, quick: bool, stamp: str) -> di
         "git": git_info(),
     }
     return report
+
+
+def run_postgres(cfg: Config, procs: Processes, url: str, quick: bool, stamp: str) -> dict:
+    """The side-by-side phase alone, every server on a PostgreSQL database of its own (cloned
+    from a migrated template, dropped at the end). Their turns and senders then meet
+    PostgreSQL's row locks and sequences instead of SQLite's one writer."""
+    loadavg_start = Path("/proc/loadavg").read_text().split()[:3]
+    dbs = stack.PostgresDatabases(url)
+    try:
+        log("migrating the template database (PostgreSQL)")
+        dbs.make_template()
+        log("starting the emulator and the servers")
+        emulator = Emulator(procs, latency_ms=FOUNDRY_LATENCY_MS).wait()
+        down_url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+        wanted = [f"{name}-{cfg.aa_clients}" for name in SIDE_BY_SIDE]
+        cases = [c for c in build_cases(cfg) if c.key in wanted]
+        start_cases(procs, cases, dbs, emulator, down_url)
+        # Unmeasured: the first connections, the sinks' warm-up and the pools' growth, which
+        # in the full run the cases before the side-by-side phase have been through.
+        log("warming the servers up")
+        asyncio.run(_load_together(cases, cfg, dbs.token, "warm"))
+        together = side_by_side(cases, cfg, dbs.token)
+        procs.stop_many([case.server.child for case in cases])
+        procs.stop(emulator.child)
+    finally:
+        procs.stop_all()  # their connections end before their databases are dropped
+        dbs.drop_all()
+    server = urllib.parse.urlsplit(url)
+    return {
+        "started_at": stamp,
+        "quick": quick,
+        "database": "postgresql",
+        "postgres_server": f"{server.hostname}:{server.port or 5432}",  # no credentials
+        "config": {**cfg.__dict__, "foundry_latency_ms": FOUNDRY_LATENCY_MS},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg_start": " ".join(loadavg_start),
+            "loadavg_end": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+            "python": platform.python_version(),
+        },
+        "side_by_side": together,
+        "memory": [m for m in procs.memory_report() if m["role"] != "task"],
+        "log_problems": procs.log_problems(),
+        "git": git_info(),
+    }
 
 
 if __name__ == "__main__":

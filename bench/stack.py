@@ -3,7 +3,8 @@ constant-view baseline), the Foundry emulator and `manage.py foundry_sync` worke
 
 Each server gets its own SQLite file, a copy of a template that was migrated once (and holds the
 benchmark user and its token), so every case starts on a fresh database without paying for
-`migrate` each time. Servers run production-like: DEBUG=false, a SECRET_KEY, ALLOWED_HOSTS
+`migrate` each time; on PostgreSQL (`--postgres`), its own database, cloned from a template
+database the same way. Servers run production-like: DEBUG=false, a SECRET_KEY, ALLOWED_HOSTS
 127.0.0.1, LOG_LEVEL=WARNING, started the way the README says to run Daphne in production.
 """
 
@@ -14,9 +15,13 @@ import shutil
 import sqlite3
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psycopg
+from psycopg import sql
 
 from bench.procs import (
     LOADGEN_CPU,
@@ -115,6 +120,50 @@ class Databases:
         return path
 
 
+class PostgresDatabases:
+    """Databases on the PostgreSQL server of `url`, whose user may create them: one migrated
+    template, cloned per case (CREATE DATABASE ... TEMPLATE); `drop_all()` drops them all."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.prefix = f"chat_bench_{secrets.token_hex(4)}"
+        self.token = ""
+        self.created: list[str] = []
+
+    def url_of(self, name: str) -> str:
+        return urllib.parse.urlsplit(self.url)._replace(path=f"/{name}").geturl()
+
+    def _create(self, name: str, template: str = "template0") -> str:
+        with psycopg.connect(self.url_of("postgres"), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(name), sql.Identifier(template)
+                )
+            )
+        self.created.append(name)
+        return self.url_of(name)
+
+    def make_template(self) -> None:
+        env = base_env(DATABASE_URL=self._create(f"{self.prefix}_template"))
+        run_checked([PYTHON, "manage.py", "migrate", "--noinput"], env)
+        self.token = run_checked([PYTHON, "manage.py", "create_api_user", USER], env).strip()
+
+    def fresh(self, name: str) -> str:
+        number = len(self.created)
+        clean = "".join(c if c.isalnum() else "_" for c in name.lower())
+        return self._create(f"{self.prefix}_{number:02d}_{clean}", f"{self.prefix}_template")
+
+    def drop_all(self) -> None:
+        if not self.created:
+            return
+        with psycopg.connect(self.url_of("postgres"), autocommit=True) as conn:
+            for name in reversed(self.created):
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+        self.created = []
+
+
 def _checkpoint(path: Path) -> None:
     """Fold the WAL into the main file, so that copying the main file copies everything."""
     with sqlite3.connect(path) as conn:
@@ -122,17 +171,23 @@ def _checkpoint(path: Path) -> None:
     conn.close()
 
 
-def backlog_pending(db_path: Path) -> int:
-    """Messages the database still wants delivered to a sink (read-only, beside the server)."""
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+# A pending state wants the session's messages through its newest (SinkState).
+_PENDING_SQL = (
+    "SELECT COALESCE(SUM({greatest}(s.wanted_seq, c.last_seq) - s.delivered_seq), 0) "
+    "FROM sessions_app_sinkstate s JOIN sessions_app_chatsession c ON c.id = s.session_id "
+    "WHERE s.wanted_seq > s.delivered_seq"
+)
+
+
+def backlog_pending(db: "Path | str") -> int:
+    """Messages the database (a SQLite file, a PostgreSQL URL) still wants delivered to a sink
+    (read-only, beside the server)."""
+    if isinstance(db, str):
+        with psycopg.connect(db) as pg:
+            return int(pg.execute(_PENDING_SQL.format(greatest="GREATEST")).fetchone()[0])
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     try:
-        # A pending state wants the session's messages through its newest (SinkState).
-        row = conn.execute(
-            "SELECT COALESCE(SUM(MAX(s.wanted_seq, c.last_seq) - s.delivered_seq), 0) "
-            "FROM sessions_app_sinkstate s JOIN sessions_app_chatsession c ON c.id = s.session_id "
-            "WHERE s.wanted_seq > s.delivered_seq"
-        ).fetchone()
-        return int(row[0])
+        return int(conn.execute(_PENDING_SQL.format(greatest="MAX")).fetchone()[0])
     finally:
         conn.close()
 
@@ -142,7 +197,7 @@ class ServerSpec:
     name: str
     env: dict[str, str] = field(default_factory=dict)  # on top of base_env
     app: str = "chatproject.asgi:application"
-    db: Path | None = None  # None: no database (the baseline)
+    db: "Path | str | None" = None  # a SQLite file, a PostgreSQL URL; None: the baseline
 
 
 class Server:
@@ -166,7 +221,9 @@ class Server:
 def spawn_server(procs: Processes, spec: ServerSpec, cpu: int | str = SERVER_CPU) -> Server:
     port = free_port()
     env = base_env(**spec.env)
-    if spec.db is not None:
+    if isinstance(spec.db, str):
+        env["DATABASE_URL"] = spec.db
+    elif spec.db is not None:
         env["SQLITE_PATH"] = str(spec.db)
     args = [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), spec.app]
     child = procs.spawn(f"server-{spec.name}", args, env, role="server", cpu=cpu)

@@ -1,5 +1,6 @@
 """Real server processes for tests: Daphne serving the project on a free loopback port."""
 
+import json
 import os
 import socket
 import subprocess
@@ -112,3 +113,33 @@ def current_database_url() -> str:
     if connection.vendor == "sqlite":
         return f"sqlite:///{s['NAME']}"
     return f"postgres://{s['USER']}:{s['PASSWORD'] or ''}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
+
+
+def run_quick_bench(tmp_path: Path, *args: str) -> tuple[str, dict]:
+    """`bench/run.py --quick *args` (without the test run's database and Redis: the harness
+    makes its own); asserts that it exited 0 with no failed check, and returns its output and
+    its report."""
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    result = subprocess.run(
+        [sys.executable, "bench/run.py", "--quick", *args, "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["failed_checks"] == []
+    together = report["side_by_side"]["cases"]
+    assert [row["case"] for row in together] == [
+        "off-8",
+        "twin-8",
+        "on-8",
+        "down-8",
+        "nosender-8",
+    ]
+    for row in together:
+        assert row["requests"] > 0 and row["cpu_ms_per_request"] > 0, row
+    return result.stdout, report
