@@ -10,7 +10,7 @@ from datetime import datetime
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from sessions_app import remote_history, selectors, sql
@@ -132,19 +132,18 @@ def _message_append(
     # The message's time is the session's new activity time.
     now = timezone.now()
     stamp = sql.db().ops.adapt_datetimefield_value(now)
-    advanced = _session_advance(match=match, user_turn=is_user, now=now, stamp=stamp, sinks=names)
-    if advanced is None:
+    session = _session_advance(match=match, user_turn=is_user, now=now, stamp=stamp)
+    if session is None:
         if session_pk is not None:
             raise SessionGone(key["session_id"])
         ChatSession.objects.get_or_create(**key)
-        advanced = _session_advance(
-            match=match, user_turn=is_user, now=now, stamp=stamp, sinks=names
-        )
-        if advanced is None:  # deleted again between its creation and now
+        session = _session_advance(match=match, user_turn=is_user, now=now, stamp=stamp)
+        if session is None:  # deleted again between its creation and now
             raise SessionGone(key["session_id"])
-    session, all_pending = advanced
     session.owner = key["owner"]
-    message = _message_insert(session=session, role=role, content=content, now=now, stamp=stamp)
+    message, all_pending = _message_insert(
+        session=session, role=role, content=content, now=now, stamp=stamp, sinks=names
+    )
     if sinks:
         # A turn that reads the session's remote history first wakes the sender only with its
         # reply: woken now, the sender would read the same thread at the same time.
@@ -184,67 +183,65 @@ _ADVANCE_RETURNS = (
 
 
 def _session_advance(
-    *, match: dict, user_turn: bool, now: datetime, stamp: object, sinks: tuple[str, ...] = ()
-) -> tuple[ChatSession, bool] | None:
+    *, match: dict, user_turn: bool, now: datetime, stamp: object
+) -> ChatSession | None:
     """Give the matching session its next sequence number and return it (None: no such row);
-    `now` is its activity time, `stamp` the same as the database driver takes it. With it,
-    whether the session's states on all of `sinks` are pending already (on SQLite; elsewhere
-    False, see _advance_sql).
+    `now` is its activity time, `stamp` the same as the database driver takes it.
 
     One UPDATE ... RETURNING instead of a locking read and a write: the update holds the row
     lock until the transaction ends (SQLite: the IMMEDIATE transaction's write lock), so
     concurrent turns on one session get gapless, unique sequence numbers.
     """
-    statement, probes = _advance_sql(tuple(match), len(sinks))
-    params = [int(user_turn), stamp, stamp, *match.values(), *(sinks if probes else ())]
-    row = sql.fetch_one(statement, params)
+    row = sql.fetch_one(_advance_sql(tuple(match)), [int(user_turn), stamp, stamp, *match.values()])
     if row is None:
         return None
-    values = dict(zip(_ADVANCE_RETURNS, row[: len(_ADVANCE_RETURNS)], strict=True))
-    session = sql.instance(ChatSession, {**values, "last_activity_at": now, "updated_at": now})
-    return session, probes and row[-1] == len(sinks)
+    values = dict(zip(_ADVANCE_RETURNS, row, strict=True))
+    return sql.instance(ChatSession, {**values, "last_activity_at": now, "updated_at": now})
 
 
 # The turn's statements are built once: building one took up to 30k instructions, a tenth of
 # running it.
 @functools.cache
-def _advance_sql(match: tuple[str, ...], sinks: int) -> tuple[str, bool]:
-    """The statement, and whether it also counts the session's states pending on `sinks` sinks
-    (their names its last parameters). It does on SQLite only: there a turn's write
-    transaction excludes every other writer, so a state it finds pending stays so until it
-    commits, and the turn need not write it (see mark_pending). On PostgreSQL a sender may
-    finish the state meanwhile, unseen by this statement's snapshot; mark_pending's
-    statement, which locks the state, decides there."""
+def _advance_sql(match: tuple[str, ...]) -> str:
     col = functools.partial(sql.column, ChatSession)
     where = " AND ".join(f"{col(name)} = %s" for name in match)
-    probes = bool(sinks) and connection.vendor == "sqlite"
-    pending = ""
-    if probes:
-        state = functools.partial(sql.column, SinkState)
-        pending = (
-            f", (SELECT COUNT(*) FROM {sql.table(SinkState)} s "
-            f"WHERE s.{state('session_id')} = {sql.table(ChatSession)}.{col('id')} "
-            f"AND s.{state('sink')} IN ({', '.join(['%s'] * sinks)}) "
-            f"AND s.{state('wanted_seq')} > s.{state('delivered_seq')})"
-        )
-    statement = (
+    return (
         f"UPDATE {sql.table(ChatSession)} SET {col('last_seq')} = {col('last_seq')} + 1, "
         f"{col('user_turns')} = {col('user_turns')} + %s, {col('last_activity_at')} = %s, "
         f"{col('updated_at')} = %s WHERE {where} "
-        f"RETURNING {sql.columns(ChatSession, _ADVANCE_RETURNS)}{pending}"
+        f"RETURNING {sql.columns(ChatSession, _ADVANCE_RETURNS)}"
     )
-    return statement, probes
 
 
 _INSERT_COLUMNS = ("session_id", "seq", "role", "content", "agent_id", "created_at")
 
 
 @functools.cache
-def _insert_sql() -> str:
+def _insert_sql(sinks: int) -> str:
+    """The message's INSERT, returning its id and, given `sinks` sinks (their names the last
+    parameters, after the session's id), how many of the session's states on them are pending.
+
+    The count is safe to act on: no sender can finish a state meanwhile. A state stops being
+    pending only in a transaction that holds the session row's lock (record_delivered,
+    history_insert; on SQLite every write transaction excludes the others), which the turn's
+    UPDATE of the session row took before this statement began. So a sender that finished the
+    state before that UPDATE is seen (on PostgreSQL this statement's snapshot is newer than the
+    UPDATE's, which may predate the sender's commit), and one that finishes it after this turn
+    commits reads the turn's message as the session's newest (sync._newest_seq)."""
+    col = functools.partial(sql.column, ChatMessage)
+    pending = ""
+    if sinks:
+        state = functools.partial(sql.column, SinkState)
+        pending = (
+            f", (SELECT COUNT(*) FROM {sql.table(SinkState)} s "
+            f"WHERE s.{state('session_id')} = %s "
+            f"AND s.{state('sink')} IN ({', '.join(['%s'] * sinks)}) "
+            f"AND s.{state('wanted_seq')} > s.{state('delivered_seq')})"
+        )
     return (
         f"INSERT INTO {sql.table(ChatMessage)} ({sql.columns(ChatMessage, _INSERT_COLUMNS)}) "
         f"VALUES ({', '.join(['%s'] * len(_INSERT_COLUMNS))}) "
-        f"RETURNING {sql.column(ChatMessage, 'id')}"
+        f"RETURNING {col('id')}{pending}"
     )
 
 
@@ -268,9 +265,17 @@ def _mark_pending_sql(sinks: int) -> str:
 
 
 def _message_insert(
-    *, session: ChatSession, role: str, content: str, now: datetime, stamp: object
-) -> ChatMessage:
-    """Insert the session's message number `session.last_seq`, created at `now` (`stamp`)."""
+    *,
+    session: ChatSession,
+    role: str,
+    content: str,
+    now: datetime,
+    stamp: object,
+    sinks: tuple[str, ...] = (),
+) -> tuple[ChatMessage, bool]:
+    """Insert the session's message number `session.last_seq`, created at `now` (`stamp`);
+    with it, whether the session's states on all of `sinks` are pending already (see
+    _insert_sql)."""
     values = {
         "session_id": session.pk,
         "seq": session.last_seq,
@@ -279,10 +284,11 @@ def _message_insert(
         "agent_id": session.agent_id,
     }
     # In _INSERT_COLUMNS' order.
-    (pk,) = sql.fetch_one(_insert_sql(), [*values.values(), stamp])
-    message = sql.instance(ChatMessage, {"id": pk, **values, "created_at": now})
+    params = [*values.values(), stamp, *((session.pk, *sinks) if sinks else ())]
+    row = sql.fetch_one(_insert_sql(len(sinks)), params)
+    message = sql.instance(ChatMessage, {"id": row[0], **values, "created_at": now})
     message.session = session
-    return message
+    return message, bool(sinks) and row[1] == len(sinks)
 
 
 def mark_pending(
@@ -297,17 +303,17 @@ def mark_pending(
     """Record that the sinks named want the session's messages up to `through_seq` (its
     newest), and wake the sender once the transaction commits (unless not `wake_sender`: it
     finds them on its next poll). `stamp` is now, as the database driver takes it;
-    `known_pending`: the turn found every state pending already (_advance_sql), so there is
+    `known_pending`: the turn found every state pending already (_insert_sql), so there is
     nothing to write.
 
     One statement for every sink, which writes only where it changes something: a sink state
     new to the session is created, and one that had delivered everything becomes pending.
     A state still pending is left as it is (its `wanted_seq` may stay below the newest
     message): the sender, on reaching it, raises it to the session's newest message (see
-    sessions_app.sync.record_delivered). So a busy session's turns add no write to the sink
-    states, and on SQLite no page to the database's log: that write was most of the flag's
-    cost per turn. (PostgreSQL still locks the row, a small write of its own, and draws an id
-    from the sequence.)
+    sessions_app.sync.record_delivered). So a busy session's turns run no statement on the
+    sink states: on SQLite that write was most of the flag's cost per turn (a page for the
+    database's log), and on PostgreSQL the upsert, which locks the row and draws an id from the
+    sequence, was 7-8% of a turn's CPU (bench/run.py --postgres).
     """
     if not sink_names:
         return

@@ -14,7 +14,7 @@ from django.test.utils import CaptureQueriesContext
 
 from sessions_app import services
 from sessions_app.models import ChatSession, SinkState
-from sessions_app.sinks import sink_get
+from sessions_app.sinks import active_sinks, sink_get
 from sessions_app.sync import ClaimLost, claim_states, next_batch, record_delivered
 from tests.foundry_integration.conftest import drain, thread_messages
 
@@ -42,6 +42,43 @@ def deliver_batch(state: SinkState, worker: str = "w") -> bool:
     return record_delivered(state, [m.seq for m in messages], ids, worker, release_when_done=True)
 
 
+def start_held_open(work) -> tuple[threading.Thread, threading.Event]:
+    """Run `work` in a transaction in a thread of its own, which holds the transaction open
+    after it until the returned event is set; returns once `work` has run."""
+    done, may_commit = threading.Event(), threading.Event()
+
+    def run():
+        try:
+            with transaction.atomic():
+                work()
+                done.set()
+                assert may_commit.wait(30)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert done.wait(30)
+    return thread, may_commit
+
+
+def start_waiting(work) -> threading.Thread:
+    """Run `work` in a thread of its own, and check that it waits (for a transaction held
+    open)."""
+
+    def run():
+        try:
+            work()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(0.5)
+    assert thread.is_alive(), "it did not wait for the transaction held open"
+    return thread
+
+
 def test_turns_on_a_pending_session_leave_its_state_as_it_is(user, foundry_agents):
     turns(user, "busy", 3)
     state = state_of("busy")
@@ -51,16 +88,14 @@ def test_turns_on_a_pending_session_leave_its_state_as_it_is(user, foundry_agent
     assert SinkState.objects.pending_messages() == 6
 
 
-def test_on_sqlite_a_turn_on_a_pending_session_runs_nothing_on_its_state(user, foundry_agents):
-    # There the turn's own write transaction excludes every sender, so the count of pending
-    # states that its session update returns holds until it commits. On PostgreSQL the
-    # turn's upsert, which locks the state, decides.
+def test_a_turn_on_a_pending_session_runs_nothing_on_its_state(user, foundry_agents):
+    # The count of pending states that its message's INSERT returns holds until it commits:
+    # the turn holds the session row, without which no sender finishes a state.
     turns(user, "quiet", 1)
     with CaptureQueriesContext(connection) as queries:
         turns(user, "quiet", 1)
-    table = SinkState._meta.db_table
-    on_states = [q["sql"] for q in queries.captured_queries if f'INTO "{table}"' in q["sql"]]
-    assert len(on_states) == (0 if connection.vendor == "sqlite" else 2)
+    into_states = f'INSERT INTO "{SinkState._meta.db_table}"'
+    assert [q["sql"] for q in queries.captured_queries if q["sql"].startswith(into_states)] == []
     assert state_of("quiet").pending_count == 4
 
 
@@ -112,39 +147,59 @@ def test_a_turn_still_writing_is_seen_by_the_batch_that_ends_the_claim(user, fou
     turns(user, "race", 2)
     state = claim()
     messages = next_batch(state, 50, "w")
-    turn_written, turn_may_commit = threading.Event(), threading.Event()
+    ids, seqs = [f"msg_{m.seq}" for m in messages], [m.seq for m in messages]
     outcome = {}
-
-    def turn_held_open():
-        try:
-            with transaction.atomic():
-                services.chat_turn(user=user, message="late", session_id="race")
-                turn_written.set()
-                assert turn_may_commit.wait(30)
-        finally:
-            connection.close()
-
-    def record():
-        try:
-            ids = [f"msg_{m.seq}" for m in messages]
-            seqs = [m.seq for m in messages]
-            outcome["released"] = record_delivered(state, seqs, ids, "w", release_when_done=True)
-        finally:
-            connection.close()
-
-    turn = threading.Thread(target=turn_held_open)
-    turn.start()
-    assert turn_written.wait(30)
-    recorder = threading.Thread(target=record)
-    recorder.start()
-    recorder.join(0.5)
-    assert recorder.is_alive(), "the batch was recorded while the turn was still writing"
+    turn, turn_may_commit = start_held_open(
+        lambda: services.chat_turn(user=user, message="late", session_id="race")
+    )
+    recorder = start_waiting(
+        lambda: outcome.update(
+            released=record_delivered(state, seqs, ids, "w", release_when_done=True)
+        )
+    )
     turn_may_commit.set()
     turn.join(30)
     recorder.join(30)
     assert outcome == {"released": False}
     assert (state.wanted_seq, state.delivered_seq) == (6, 4)
     assert ChatSession.objects.get(session_id="race").last_seq == 6
+
+
+def test_a_turn_waiting_for_the_batch_that_ends_the_claim_marks_its_messages(user, foundry_agents):
+    """The same race the other way round: the sender records the batch that reaches
+    `wanted_seq` (and finishes the state) while a turn waits to write to the session. The turn
+    must find the state finished, not pending as it was when its first statement began (on
+    PostgreSQL the session UPDATE's snapshot predates the sender's commit), and mark its
+    messages pending; otherwise they would be left behind."""
+    turns(user, "other-way", 2)
+    state = claim()
+    messages = next_batch(state, 50, "w")
+    ids, seqs = [f"msg_{m.seq}" for m in messages], [m.seq for m in messages]
+    session = ChatSession.objects.get(session_id="other-way")
+    key = {
+        "owner": user,
+        "agent_id": session.agent_id,
+        "project_id": session.project_id,
+        "session_id": "other-way",
+    }
+    outcome = {}
+    recorder, sender_may_commit = start_held_open(
+        lambda: outcome.update(
+            released=record_delivered(state, seqs, ids, "w", release_when_done=True)
+        )
+    )
+    # One message (a turn's reply, say): the turn's other message must not cover for it.
+    late = start_waiting(
+        lambda: services._message_append(
+            key=key, sinks=active_sinks(), role="assistant", content="late", session_pk=session.pk
+        )
+    )
+    sender_may_commit.set()
+    recorder.join(30)
+    late.join(30)
+    assert outcome == {"released": True}
+    stored = state_of("other-way")
+    assert (stored.delivered_seq, stored.wanted_through, stored.pending_count) == (4, 5, 1)
 
 
 def test_a_batch_short_of_wanted_seq_leaves_it_as_others_set_it(user, foundry_agents):
