@@ -10,15 +10,16 @@ drives them from this process, pinned to CPU 0, with closed-loop keep-alive clie
 emulator stands for Azure, which is not on the server's machine: it runs on CPU 0 too. REST and
 WebSocket cases are interleaved in rotated rounds, with medians over rounds, an A/A pair for the
 noise floor, and a drain after every case that leaves work for the emulator. Then the flag's
-servers at 8 clients are loaded at the same time, side by side on one CPU, for ratios that the
-machine's changes of speed cannot move apart. Figures are medians; compare cases only by their
-ratios.
+servers at 8 and at 32 clients are loaded at the same time, side by side on one CPU, for ratios
+that the machine's changes of speed cannot move apart. Figures are medians; compare cases only
+by their ratios.
 
 Cases:
   1-2. REST chat at 1/8/32 clients: flag off; flag on with the emulator at 150 ms; flag on with
        the emulator down (a closed port); ratios against flag off. At 8 clients also flag on
        with no sender in the server (SYNC_IN_PROCESS=false, as in the Procfile): what the flag
-       costs the turns themselves, apart from the sender's work on the same CPU.
+       costs the turns themselves, apart from the sender's work on the same CPU. At 32 clients
+       the flag's servers are measured side by side only.
   3.   WebSocket: N sockets sending turns closed-loop (turns/s, first chunk, reply).
   4.   Cold start: first reply on a 200-turn session after a server restart (local history), and
        on a session pointed at a 400-message Foundry thread (the first turn reads its newest
@@ -77,6 +78,7 @@ FOUNDRY_LATENCY_MS = 150
 TARGET_FLAG_RATIO = 0.10  # flag on: p50, p99 and req/s within 10% of flag off
 TARGET_BASELINE_FRACTION = 0.50  # flag-off chat req/s >= 50% of the constant view's
 TARGET_COLD_MS = 200
+WARM_UP_S = 1.0  # side by side: an unmeasured load before the rounds
 STALL_S = 3.0  # a drain ends when the emulator's message count has not grown for this long
 
 
@@ -88,8 +90,11 @@ class Config:
     settle: float = 0.1  # pause between cases
     clients: tuple[int, ...] = (1, 8, 32)
     aa_clients: int = 8
-    # Side by side: each round loads every server for `together_seconds`; percentiles are
-    # taken over all the rounds' answers (a round gives each server about 150).
+    # Side by side: at each of `together_clients`, each round loads every server for
+    # `together_seconds`; percentiles are taken over all the rounds' answers (a round gives
+    # each server about 400). At the other loads than aa_clients the flag's servers are
+    # measured side by side only (one after another, their ratios were noise).
+    together_clients: tuple[int, ...] = (8, 32)
     together_rounds: int = 4
     together_seconds: float = 4.0
     sockets: int = 100
@@ -114,6 +119,7 @@ class Config:
             warmup=0.2,
             settle=0.05,
             clients=(8,),
+            together_clients=(8,),
             together_rounds=1,
             together_seconds=0.6,
             sockets=10,
@@ -155,6 +161,7 @@ class Case:
     server: Server | None = None
     emulator: Emulator | None = None  # set: drain into it after the case
     rounds: list[dict] = field(default_factory=list)
+    sequential: bool = True  # False: measured side by side only
 
     def spec(self, dbs: stack.Databases, emulator_url: str, down_url: str) -> ServerSpec:
         if self.config == "baseline":
@@ -179,33 +186,42 @@ class Case:
 
 def build_cases(cfg: Config) -> list[Case]:
     cases = []
+    on_label = f"flag on, Foundry {FOUNDRY_LATENCY_MS} ms"
+    down_label = "flag on, Foundry down"
     for clients in cfg.clients:
+        alone = clients == cfg.aa_clients or clients not in cfg.together_clients
         cases += [
             Case(f"off-{clients}", "flag off", "rest", "off", clients),
-            Case(
-                f"on-{clients}", f"flag on, Foundry {FOUNDRY_LATENCY_MS} ms", "rest", "on", clients
-            ),
-            Case(f"down-{clients}", "flag on, Foundry down", "rest", "down", clients),
+            Case(f"on-{clients}", on_label, "rest", "on", clients, sequential=alone),
+            Case(f"down-{clients}", down_label, "rest", "down", clients, sequential=alone),
             Case(f"base-{clients}", "baseline constant view", "rest", "baseline", clients),
         ]
-    cases.append(
-        Case(f"twin-{cfg.aa_clients}", "flag off (A/A twin)", "rest", "off-twin", cfg.aa_clients)
-    )
+    for clients in cfg.together_clients:
+        alone = clients == cfg.aa_clients
+        cases += [
+            Case(
+                f"twin-{clients}",
+                "flag off (A/A twin)",
+                "rest",
+                "off-twin",
+                clients,
+                sequential=alone,
+            ),
+            Case(
+                f"nosender-{clients}",
+                "flag on, no sender in server",
+                "rest",
+                "on-nosender",
+                clients,
+                sequential=alone,
+            ),
+        ]
     cases.append(
         Case(
             f"basemw-{cfg.aa_clients}",
             "constant view + product mw",
             "rest",
             "baseline-mw",
-            cfg.aa_clients,
-        )
-    )
-    cases.append(
-        Case(
-            f"nosender-{cfg.aa_clients}",
-            "flag on, no sender in server",
-            "rest",
-            "on-nosender",
             cfg.aa_clients,
         )
     )
@@ -311,11 +327,11 @@ def run_rounds(cases: list[Case], cfg: Config, token: str, procs: Processes) -> 
 
 # ---- side by side ----------------------------------------------------------------------------
 
-# The configurations loaded at once, at cfg.aa_clients clients each; the first is the reference.
+# The configurations loaded at once, at each of cfg.together_clients; the first is the reference.
 SIDE_BY_SIDE = ("off", "twin", "on", "down", "nosender")
 
 
-def side_by_side(cases: list[Case], cfg: Config, token: str) -> dict:
+def side_by_side(cases: list[Case], cfg: Config, token: str, clients: int) -> dict:
     """The flag's servers and flag off (twice: the A/A pair), loaded at the same time on the
     same CPU, `cfg.together_rounds` times. Whatever slows the machine down at a moment slows
     them all alike, so their ratios hold far tighter than those of cases run one after
@@ -324,18 +340,22 @@ def side_by_side(cases: list[Case], cfg: Config, token: str) -> dict:
     The flag-on server's backlog is drained after the last round only: its sender works on it
     at its share of the CPU throughout, as in a server that stays saturated."""
     by_key = {c.key: c for c in cases}
-    chosen = [by_key[f"{name}-{cfg.aa_clients}"] for name in SIDE_BY_SIDE]
+    chosen = [by_key[f"{name}-{clients}"] for name in SIDE_BY_SIDE]
     others = [c.server.child for c in cases if c not in chosen]
     for child in others:
         child.pause()
     rounds = []
     try:
+        # Unmeasured: the first connections, the sinks' warm-up and the pools' growth, which
+        # servers measured one after another before have been through and the others not.
+        log(f"side by side, warming up: {' '.join(c.key for c in chosen)}")
+        asyncio.run(_load_together(chosen, cfg, token, f"warm{clients}", seconds=WARM_UP_S))
         for r in range(cfg.together_rounds):
             log(
                 f"side by side, round {r + 1}/{cfg.together_rounds}: "
                 + " ".join(c.key for c in chosen)
             )
-            results = asyncio.run(_load_together(chosen, cfg, token, f"sbs{r}"))
+            results = asyncio.run(_load_together(chosen, cfg, token, f"sbs{clients}-{r}"))
             for case in chosen:
                 if case.emulator is not None:
                     results[case.key]["pending_at_end"] = stack.backlog_pending(case.server.spec.db)
@@ -347,10 +367,13 @@ def side_by_side(cases: list[Case], cfg: Config, token: str) -> dict:
     finally:
         for child in others:
             child.resume()
-    return {**summarize_side_by_side(chosen, rounds, cfg), "drains": drains}
+    return {**summarize_side_by_side(chosen, rounds, clients), "drains": drains}
 
 
-async def _load_together(cases: list[Case], cfg: Config, token: str, tag: str) -> dict:
+async def _load_together(
+    cases: list[Case], cfg: Config, token: str, tag: str, seconds: float | None = None
+) -> dict:
+    seconds = cfg.together_seconds if seconds is None else seconds
     cpu: dict[str, list] = {}
 
     async def read_cpu(name: str, after: float) -> None:
@@ -363,7 +386,7 @@ async def _load_together(cases: list[Case], cfg: Config, token: str, tag: str) -
                 url=c.server.url + "/api/v1/chat",
                 token=token,
                 clients=c.clients,
-                seconds=cfg.together_seconds,
+                seconds=seconds,
                 warmup=cfg.warmup,
                 session_prefix=f"{tag}-{c.key}-client-",
                 keep_latencies=True,
@@ -371,7 +394,7 @@ async def _load_together(cases: list[Case], cfg: Config, token: str, tag: str) -
             for c in cases
         ),
         read_cpu("start", cfg.warmup),
-        read_cpu("end", cfg.warmup + cfg.together_seconds),
+        read_cpu("end", cfg.warmup + seconds),
     )
     out = {}
     for i, case in enumerate(cases):
@@ -382,14 +405,12 @@ async def _load_together(cases: list[Case], cfg: Config, token: str, tag: str) -
         # (None if a thread ended in the window and took its CPU time with it: rare, in a pool)
         ok = used is not None and used > 0 and done
         result["cpu_ms_per_request"] = round(1000 * used / done, 3) if ok else None
-        result["server_cpu_util"] = (
-            round(used / cfg.together_seconds, 2) if used is not None else None
-        )
+        result["server_cpu_util"] = round(used / seconds, 2) if used is not None else None
         out[case.key] = result
     return out
 
 
-def summarize_side_by_side(cases: list[Case], rounds: list[dict], cfg: Config) -> dict:
+def summarize_side_by_side(cases: list[Case], rounds: list[dict], clients: int) -> dict:
     """Per case: req/s and CPU per request as the median of their ratios to the reference
     within each round (the pairing is the point); p50 and p99 over every answer of every
     round, pooled, against the reference's pooled the same way. A round's p99 rests on its
@@ -401,7 +422,7 @@ def summarize_side_by_side(cases: list[Case], rounds: list[dict], cfg: Config) -
         case.key: sorted(v for r in rounds for v in r[case.key].pop("latencies_ms"))
         for case in cases
     }
-    out = {"clients": cfg.aa_clients, "rounds": rounds, "cases": []}
+    out = {"clients": clients, "rounds": rounds, "cases": []}
     for case in cases:
         mine = [r[case.key] for r in rounds]
         latencies = pooled[case.key]
@@ -487,7 +508,9 @@ def compare(summary: dict, cfg: Config) -> dict:
         if clients == cfg.aa_clients:
             others.append(f"nosender-{clients}")
         for other in others:
-            s = summary[other]
+            s = summary.get(other)
+            if s is None:  # measured side by side only
+                continue
             row = {
                 "case": other,
                 "clients": clients,
@@ -842,7 +865,9 @@ def _rest_rows(report: dict) -> list[list]:
             keys += [f"twin-{clients}", f"basemw-{clients}", f"nosender-{clients}"]
     rows = []
     for key in keys:
-        s = summary[key]
+        s = summary.get(key)
+        if s is None:  # measured side by side only
+            continue
         rows.append(
             [
                 s["label"],
@@ -858,8 +883,7 @@ def _rest_rows(report: dict) -> list[list]:
     return rows
 
 
-def _side_by_side_lines(report: dict) -> list[str]:
-    together = report["side_by_side"]
+def _side_by_side_lines(together: dict) -> list[str]:
     lines = [
         f"Side by side: these servers loaded at once on CPU {SERVER_CPU}, "
         f"{together['clients']} clients each, {len(together['rounds'])} round(s); req/s and "
@@ -893,6 +917,11 @@ def _side_by_side_lines(report: dict) -> list[str]:
         "  the in-process sender is paced to the CPU left idle, but never below",
         "  SYNC_IN_PROCESS_CPU_SHARE of the CPU its server gets, here a fifth of one",
     ]
+    for key, drained in together["drains"].items():
+        lines.append(
+            f"  {key}: {drained['pending_at_end']} messages pending after the last round, "
+            f"delivered in {drained['drain_s']} s"
+        )
     return lines
 
 
@@ -1012,8 +1041,13 @@ def render(report: dict) -> str:
     stuck = [k for k, s in summary.items() if s.get("left_after_drain_max")]
     if stuck:
         add(f"  drain incomplete (timed out or stalled) after: {', '.join(stuck)}")
-    add("")
-    extend(_side_by_side_lines(report))
+    apart = [c for c in cfg["together_clients"] if c != cfg["aa_clients"]]
+    if apart:
+        loads = " and ".join(str(c) for c in apart)
+        add(f"  at {loads} clients the flag's servers are measured side by side only (below)")
+    for together in report["side_by_side"]:
+        add("")
+        extend(_side_by_side_lines(together))
     add("")
     add(f"Flag-off chat / constant view, req/s (target >= {TARGET_BASELINE_FRACTION:.2f})")
     rows = [
@@ -1173,14 +1207,9 @@ def render_postgres(report: dict) -> str:
         f"({report['postgres_server']}), each server on a database of its own",
         f"load average {report['machine']['loadavg_start']} at start; PostgreSQL's own "
         "processes are not pinned: they run on either CPU",
-        "",
-        *_side_by_side_lines(report),
     ]
-    for key, drained in report["side_by_side"]["drains"].items():
-        lines.append(
-            f"  {key}: {drained['pending_at_end']} messages pending after the last round, "
-            f"delivered in {drained['drain_s']} s"
-        )
+    for together in report["side_by_side"]:
+        lines += ["", *_side_by_side_lines(together)]
     return "\n".join(lines + _tail_lines(report))
 
 
@@ -1237,14 +1266,15 @@ def failed_checks(report: dict) -> list[str]:
     """What did not work (never a time): a case without answers, non-200 answers, a cold turn
     that failed or did not see its history, a sync run that delivered nothing."""
     if report.get("database") == "postgresql":
-        return _side_by_side_problems(report["side_by_side"])
+        return [p for t in report["side_by_side"] for p in _side_by_side_problems(t)]
     problems = []
     for key, s in report["cases"].items():
         if not s["requests"]:
             problems.append(f"{key}: no successful request")
         if s["errors"]:
             problems.append(f"{key}: {s['errors']} errors")
-    problems += _side_by_side_problems(report["side_by_side"])
+    for together in report["side_by_side"]:
+        problems += _side_by_side_problems(together)
     cold = report["cold_start"]
     for name, c in [("local", cold["local"])] + [
         (f"foundry {f['latency_ms']} ms", f) for f in cold["foundry"]
@@ -1420,10 +1450,16 @@ def run(cfg: Config, procs: Processes, tmp: Path, quick: bool, stamp: str) -> di
     backlog = prepared["backlog"]
     log(f"backlog of {backlog['turns']} turns ready in {backlog['seconds']:.1f} s")
 
-    log(f"{len(cases)} cases x {cfg.rounds} rounds x {cfg.seconds} s")
-    run_rounds(cases, cfg, token, procs)
-    summary = {c.key: summarize_case(c) for c in cases}
-    together = side_by_side(cases, cfg, token)
+    sequential = [c for c in cases if c.sequential]
+    log(f"{len(sequential)} cases x {cfg.rounds} rounds x {cfg.seconds} s")
+    together_only = [c.server.child for c in cases if not c.sequential]
+    for child in together_only:
+        child.pause()
+    run_rounds(sequential, cfg, token, procs)
+    for child in together_only:
+        child.resume()
+    summary = {c.key: summarize_case(c) for c in sequential}
+    together = [side_by_side(cases, cfg, token, clients) for clients in cfg.together_clients]
     procs.stop_many([case.server.child for case in cases])
 
     log("cold start: local history")
@@ -1480,14 +1516,12 @@ def run_postgres(cfg: Config, procs: Processes, url: str, quick: bool, stamp: st
         log("starting the emulator and the servers")
         emulator = Emulator(procs, latency_ms=FOUNDRY_LATENCY_MS).wait()
         down_url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-        wanted = [f"{name}-{cfg.aa_clients}" for name in SIDE_BY_SIDE]
+        wanted = [f"{name}-{c}" for c in cfg.together_clients for name in SIDE_BY_SIDE]
         cases = [c for c in build_cases(cfg) if c.key in wanted]
         start_cases(procs, cases, dbs, emulator, down_url)
-        # Unmeasured: the first connections, the sinks' warm-up and the pools' growth, which
-        # in the full run the cases before the side-by-side phase have been through.
-        log("warming the servers up")
-        asyncio.run(_load_together(cases, cfg, dbs.token, "warm"))
-        together = side_by_side(cases, cfg, dbs.token)
+        together = [
+            side_by_side(cases, cfg, dbs.token, clients) for clients in cfg.together_clients
+        ]
         procs.stop_many([case.server.child for case in cases])
         procs.stop(emulator.child)
     finally:

@@ -132,7 +132,7 @@ def run_quick_bench(tmp_path: Path, *args: str) -> tuple[str, dict]:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["failed_checks"] == []
-    together = report["side_by_side"]["cases"]
+    together = report["side_by_side"][0]["cases"]
     assert [row["case"] for row in together] == [
         "off-8",
         "twin-8",

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.live_server_process
 )
 def test_quick_benchmark_runs(tmp_path):
     _, report = run_quick_bench(tmp_path)
-    together = report["side_by_side"]["cases"]
+    together = report["side_by_side"][0]["cases"]
     flag_on = next(row for row in together if row["case"] == "on-8")
     assert flag_on["cpu_ms_per_request_ratio"] > 0, flag_on
     if shutil.which("valgrind") and shutil.which("callgrind_control"):

@@ -34,6 +34,6 @@ def test_quick_benchmark_on_postgres_runs(tmp_path):
     before = bench_databases(admin_url)
     output, report = run_quick_bench(tmp_path, "--postgres", admin_url)
     assert report["database"] == "postgresql"
-    assert report["side_by_side"]["drains"]["on-8"]["left_after_drain"] == 0
+    assert report["side_by_side"][0]["drains"]["on-8"]["left_after_drain"] == 0
     assert bench_databases(admin_url) == before  # its databases were dropped
     assert "postgres://" not in output  # no connection string (it may hold a password)
