@@ -1204,7 +1204,8 @@ def render_postgres(report: dict) -> str:
     lines = [
         "",
         f"Chat backend benchmark {report['started_at']}: the flag side by side on PostgreSQL "
-        f"({report['postgres_server']}), each server on a database of its own",
+        f"({report['postgres_server']}), each server on a database of its own, its pool "
+        f"at most {report['database_pool_max_size']} connections",
         f"load average {report['machine']['loadavg_start']} at start; PostgreSQL's own "
         "processes are not pinned: they run on either CPU",
     ]
@@ -1380,11 +1381,18 @@ def git_info() -> dict:
 
 
 def start_cases(
-    procs: Processes, cases: list[Case], dbs, emulator: Emulator, down_url: str
+    procs: Processes,
+    cases: list[Case],
+    dbs,
+    emulator: Emulator,
+    down_url: str,
+    env: dict[str, str] | None = None,
 ) -> None:
-    """Each case's server on a fresh database of `dbs`, started and healthy; the flag-on ones
-    are drained into `emulator`."""
+    """Each case's server on a fresh database of `dbs` (with `env` on top of its own), started
+    and healthy; the flag-on ones are drained into `emulator`."""
     specs = [c.spec(dbs, emulator.url, down_url) for c in cases]
+    for spec in specs:
+        spec.env.update(env or {})
     servers = stack.start_servers(procs, specs, start_on_every_cpu=True)
     for case, server in zip(cases, servers, strict=True):
         case.server = server
@@ -1513,16 +1521,22 @@ def run_postgres(cfg: Config, procs: Processes, url: str, quick: bool, stamp: st
     try:
         log("migrating the template database (PostgreSQL)")
         dbs.make_template()
-        log("starting the emulator and the servers")
+        log("starting the emulator")
         emulator = Emulator(procs, latency_ms=FOUNDRY_LATENCY_MS).wait()
         down_url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-        wanted = [f"{name}-{c}" for c in cfg.together_clients for name in SIDE_BY_SIDE]
-        cases = [c for c in build_cases(cfg) if c.key in wanted]
-        start_cases(procs, cases, dbs, emulator, down_url)
-        together = [
-            side_by_side(cases, cfg, dbs.token, clients) for clients in cfg.together_clients
-        ]
-        procs.stop_many([case.server.child for case in cases])
+        # One load's servers at a time, their pools sized so that together they stay within
+        # the server's connections (the product's default, 20 each, is too many for 100).
+        pool = max(2, min(20, (dbs.max_connections() - 10) // len(SIDE_BY_SIDE)))
+        together = []
+        for clients in cfg.together_clients:
+            log(f"starting the servers for {clients} clients")
+            wanted = [f"{name}-{clients}" for name in SIDE_BY_SIDE]
+            cases = [c for c in build_cases(cfg) if c.key in wanted]
+            start_cases(
+                procs, cases, dbs, emulator, down_url, {"DATABASE_POOL_MAX_SIZE": str(pool)}
+            )
+            together.append(side_by_side(cases, cfg, dbs.token, clients))
+            procs.stop_many([case.server.child for case in cases])
         procs.stop(emulator.child)
     finally:
         procs.stop_all()  # their connections end before their databases are dropped
@@ -1533,6 +1547,7 @@ def run_postgres(cfg: Config, procs: Processes, url: str, quick: bool, stamp: st
         "quick": quick,
         "database": "postgresql",
         "postgres_server": f"{server.hostname}:{server.port or 5432}",  # no credentials
+        "database_pool_max_size": pool,
         "config": {**cfg.__dict__, "foundry_latency_ms": FOUNDRY_LATENCY_MS},
         "machine": {
             "cpus": os.cpu_count(),

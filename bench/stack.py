@@ -130,6 +130,10 @@ class PostgresDatabases:
         self.token = ""
         self.created: list[str] = []
 
+    def max_connections(self) -> int:
+        with psycopg.connect(self.url_of("postgres")) as conn:
+            return int(conn.execute("SHOW max_connections").fetchone()[0])
+
     def url_of(self, name: str) -> str:
         return urllib.parse.urlsplit(self.url)._replace(path=f"/{name}").geturl()
 
