@@ -18,8 +18,8 @@ django_asgi_app = PooledSyncASGIHandler()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import get_resolver  # noqa: E402
 
-from chatproject.heap import freeze_long_lived  # noqa: E402
 from sessions_app.auth import WebSocketAuthMiddleware  # noqa: E402
+from sessions_app.heap import freeze_long_lived  # noqa: E402
 from sessions_app.middleware import RequestBodyLimit, StartSender  # noqa: E402
 from sessions_app.routing import websocket_urlpatterns  # noqa: E402
 

@@ -20,7 +20,7 @@ from django.db import connection
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
-from chatproject.heap import freeze_long_lived
+from sessions_app.heap import freeze_long_lived
 
 logger = logging.getLogger(__name__)
 
