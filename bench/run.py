@@ -198,6 +198,10 @@ def build_cases(cfg: Config) -> list[Case]:
         ]
     for clients in cfg.together_clients:
         alone = clients == cfg.aa_clients
+        if not alone:
+            cases.append(
+                Case(f"ref-{clients}", "flag off", "rest", "off", clients, sequential=False)
+            )
         cases += [
             Case(
                 f"twin-{clients}",
@@ -331,6 +335,14 @@ def run_rounds(cases: list[Case], cfg: Config, token: str, procs: Processes) -> 
 SIDE_BY_SIDE = ("off", "twin", "on", "down", "nosender")
 
 
+def side_by_side_keys(cfg: Config, clients: int) -> list[str]:
+    """The servers loaded at once at `clients`. Where the flag's servers are measured side by
+    side only, flag off is a server of its own too (`ref`): like them, it has served nothing
+    before (the one of the sequential cases has), so the ratios compare like with like."""
+    reference = "off" if clients == cfg.aa_clients else "ref"
+    return [f"{reference if name == 'off' else name}-{clients}" for name in SIDE_BY_SIDE]
+
+
 def side_by_side(cases: list[Case], cfg: Config, token: str, clients: int) -> dict:
     """The flag's servers and flag off (twice: the A/A pair), loaded at the same time on the
     same CPU, `cfg.together_rounds` times. Whatever slows the machine down at a moment slows
@@ -340,7 +352,7 @@ def side_by_side(cases: list[Case], cfg: Config, token: str, clients: int) -> di
     The flag-on server's backlog is drained after the last round only: its sender works on it
     at its share of the CPU throughout, as in a server that stays saturated."""
     by_key = {c.key: c for c in cases}
-    chosen = [by_key[f"{name}-{clients}"] for name in SIDE_BY_SIDE]
+    chosen = [by_key[key] for key in side_by_side_keys(cfg, clients)]
     others = [c.server.child for c in cases if c not in chosen]
     for child in others:
         child.pause()
@@ -1530,7 +1542,7 @@ def run_postgres(cfg: Config, procs: Processes, url: str, quick: bool, stamp: st
         together = []
         for clients in cfg.together_clients:
             log(f"starting the servers for {clients} clients")
-            wanted = [f"{name}-{clients}" for name in SIDE_BY_SIDE]
+            wanted = side_by_side_keys(cfg, clients)
             cases = [c for c in build_cases(cfg) if c.key in wanted]
             start_cases(
                 procs, cases, dbs, emulator, down_url, {"DATABASE_POOL_MAX_SIZE": str(pool)}

@@ -226,8 +226,8 @@ def _insert_sql(sinks: int) -> str:
     history_insert; on SQLite every write transaction excludes the others), which the turn's
     UPDATE of the session row took before this statement began. So a sender that finished the
     state before that UPDATE is seen (on PostgreSQL this statement's snapshot is newer than the
-    UPDATE's, which may predate the sender's commit: under READ COMMITTED, PostgreSQL's default
-    and Django's, each statement has a snapshot of its own), and one that finishes it after
+    UPDATE's, which may predate the sender's commit: under READ COMMITTED, which the settings
+    pin, each statement has a snapshot of its own), and one that finishes it after
     this turn commits reads the turn's message as the session's newest (sync._newest_seq)."""
     col = functools.partial(sql.column, ChatMessage)
     pending = ""

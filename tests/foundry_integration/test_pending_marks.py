@@ -152,12 +152,14 @@ def test_a_turn_still_writing_is_seen_by_the_batch_that_ends_the_claim(user, fou
     turn, turn_may_commit = start_held_open(
         lambda: services.chat_turn(user=user, message="late", session_id="race")
     )
-    recorder = start_waiting(
-        lambda: outcome.update(
-            released=record_delivered(state, seqs, ids, "w", release_when_done=True)
+    try:
+        recorder = start_waiting(
+            lambda: outcome.update(
+                released=record_delivered(state, seqs, ids, "w", release_when_done=True)
+            )
         )
-    )
-    turn_may_commit.set()
+    finally:
+        turn_may_commit.set()  # also when the check failed: the thread's transaction ends
     turn.join(30)
     recorder.join(30)
     assert outcome == {"released": False}
@@ -188,18 +190,32 @@ def test_a_turn_waiting_for_the_batch_that_ends_the_claim_marks_its_messages(use
             released=record_delivered(state, seqs, ids, "w", release_when_done=True)
         )
     )
-    # One message (a turn's reply, say): the turn's other message must not cover for it.
-    late = start_waiting(
-        lambda: services._message_append(
-            key=key, sinks=active_sinks(), role="assistant", content="late", session_pk=session.pk
+    try:
+        # One message (a turn's reply, say): the turn's other message must not cover for it.
+        late = start_waiting(
+            lambda: services._message_append(
+                key=key,
+                sinks=active_sinks(),
+                role="assistant",
+                content="late",
+                session_pk=session.pk,
+            )
         )
-    )
-    sender_may_commit.set()
+    finally:
+        sender_may_commit.set()  # also when the check failed: the thread's transaction ends
     recorder.join(30)
     late.join(30)
     assert outcome == {"released": True}
     stored = state_of("other-way")
     assert (stored.delivered_seq, stored.wanted_through, stored.pending_count) == (4, 5, 1)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's isolation level")
+def test_postgresql_runs_read_committed():
+    # _insert_sql's pending count needs each statement's own snapshot.
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW transaction_isolation")
+        assert cursor.fetchone()[0] == "read committed"
 
 
 def test_a_batch_short_of_wanted_seq_leaves_it_as_others_set_it(user, foundry_agents):

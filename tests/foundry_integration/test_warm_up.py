@@ -57,10 +57,10 @@ def test_switched_off_nothing_is_warmed_up(foundry, fresh_warm_up, settings):
     assert fresh_warm_up == []
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def unfrozen():
     """Every object back in the collector's reach (the start-up's freeze, or an earlier test's,
-    may have taken the SDK's), before the test and after it."""
+    may have taken the SDK's), before each test and after it: a warm-up freezes."""
     gc.unfreeze()
     yield
     gc.unfreeze()
