@@ -1496,32 +1496,43 @@ def run(cfg: Config, procs: Processes, tmp: Path, quick: bool, stamp: str) -> di
     log("instructions per request (callgrind)")
     instructions = instruction_counts(procs, cfg, dbs, on_env_no_sender, tmp)
 
-    report = {
+    return make_report(
+        cfg,
+        procs,
+        stamp,
+        quick,
+        loadavg_start,
+        cases=summary,
+        comparisons=compare(summary, cfg),
+        side_by_side=together,
+        cold_start={"local": cold_local, "foundry": cold_foundry},
+        backlog=prepared["backlog"],
+        sync=sync,
+        queries={"off": prepared["q_off"], "on": prepared["q_on"]},
+        instructions=instructions,
+    )
+
+
+def make_report(
+    cfg: Config, procs: Processes, stamp: str, quick: bool, loadavg_start: list[str], **figures
+) -> dict:
+    """A run's report: `figures`, framed by the run's settings, the machine, the processes'
+    memory and log complaints, and the commit."""
+    return {
         "started_at": stamp,
         "quick": quick,
-        "config": {
-            **{k: v for k, v in cfg.__dict__.items()},
-            "foundry_latency_ms": FOUNDRY_LATENCY_MS,
-        },
+        "config": {**cfg.__dict__, "foundry_latency_ms": FOUNDRY_LATENCY_MS},
         "machine": {
             "cpus": os.cpu_count(),
             "loadavg_start": " ".join(loadavg_start),
             "loadavg_end": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
             "python": platform.python_version(),
         },
-        "cases": summary,
-        "comparisons": compare(summary, cfg),
-        "side_by_side": together,
-        "cold_start": {"local": cold_local, "foundry": cold_foundry},
-        "backlog": prepared["backlog"],
-        "sync": sync,
-        "queries": {"off": prepared["q_off"], "on": prepared["q_on"]},
-        "instructions": instructions,
+        **figures,
         "memory": [m for m in procs.memory_report() if m["role"] != "task"],
         "log_problems": procs.log_problems(),
         "git": git_info(),
     }
-    return report
 
 
 def run_postgres(cfg: Config, procs: Processes, url: str, quick: bool, stamp: str) -> dict:
@@ -1554,24 +1565,17 @@ def run_postgres(cfg: Config, procs: Processes, url: str, quick: bool, stamp: st
         procs.stop_all()  # their connections end before their databases are dropped
         dbs.drop_all()
     server = urllib.parse.urlsplit(url)
-    return {
-        "started_at": stamp,
-        "quick": quick,
-        "database": "postgresql",
-        "postgres_server": f"{server.hostname}:{server.port or 5432}",  # no credentials
-        "database_pool_max_size": pool,
-        "config": {**cfg.__dict__, "foundry_latency_ms": FOUNDRY_LATENCY_MS},
-        "machine": {
-            "cpus": os.cpu_count(),
-            "loadavg_start": " ".join(loadavg_start),
-            "loadavg_end": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
-            "python": platform.python_version(),
-        },
-        "side_by_side": together,
-        "memory": [m for m in procs.memory_report() if m["role"] != "task"],
-        "log_problems": procs.log_problems(),
-        "git": git_info(),
-    }
+    return make_report(
+        cfg,
+        procs,
+        stamp,
+        quick,
+        loadavg_start,
+        database="postgresql",
+        postgres_server=f"{server.hostname}:{server.port or 5432}",  # no credentials
+        database_pool_max_size=pool,
+        side_by_side=together,
+    )
 
 
 if __name__ == "__main__":

@@ -92,6 +92,12 @@ def has_header(url: str, name: str) -> bool:
         return response.headers.get(name) is not None
 
 
+def _migrate_with_user(env: dict[str, str]) -> str:
+    """Migrate the database of `env` and create the benchmark user in it; its API token."""
+    run_checked([PYTHON, "manage.py", "migrate", "--noinput"], env)
+    return run_checked([PYTHON, "manage.py", "create_api_user", USER], env).strip()
+
+
 class Databases:
     """SQLite files in the run's temp dir: one migrated template, copied per case."""
 
@@ -102,9 +108,7 @@ class Databases:
         self._count = 0
 
     def make_template(self) -> None:
-        env = base_env(SQLITE_PATH=str(self.template))
-        run_checked([PYTHON, "manage.py", "migrate", "--noinput"], env)
-        self.token = run_checked([PYTHON, "manage.py", "create_api_user", USER], env).strip()
+        self.token = _migrate_with_user(base_env(SQLITE_PATH=str(self.template)))
         _checkpoint(self.template)
 
     def fresh(self, name: str) -> Path:
@@ -149,9 +153,9 @@ class PostgresDatabases:
         return self.url_of(name)
 
     def make_template(self) -> None:
-        env = base_env(DATABASE_URL=self._create(f"{self.prefix}_template"))
-        run_checked([PYTHON, "manage.py", "migrate", "--noinput"], env)
-        self.token = run_checked([PYTHON, "manage.py", "create_api_user", USER], env).strip()
+        self.token = _migrate_with_user(
+            base_env(DATABASE_URL=self._create(f"{self.prefix}_template"))
+        )
 
     def fresh(self, name: str) -> str:
         number = len(self.created)

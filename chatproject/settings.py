@@ -148,23 +148,19 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     from django.db.backends.postgresql.psycopg_any import IsolationLevel
 
+    options = DATABASES["default"].setdefault("OPTIONS", {})
     # Whatever the server's default: a chat turn's check that its session's sink states are
     # pending needs each statement's own snapshot (sessions_app.services._insert_sql).
-    DATABASES["default"].setdefault("OPTIONS", {})["isolation_level"] = (
-        IsolationLevel.READ_COMMITTED
-    )
-
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_bool(
-    "DATABASE_POOL", True
-):
-    # Under ASGI each request may run on a new thread, so per-thread persistent connections
-    # (CONN_MAX_AGE) would pile up; a process-wide psycopg pool reuses them instead.
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
-    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-        "min_size": env_int("DATABASE_POOL_MIN_SIZE", 2),
-        "max_size": env_int("DATABASE_POOL_MAX_SIZE", 20),
-        "timeout": env_int("DATABASE_POOL_TIMEOUT_S", 10),
-    }
+    options["isolation_level"] = IsolationLevel.READ_COMMITTED
+    if env_bool("DATABASE_POOL", True):
+        # Under ASGI each request may run on a new thread, so per-thread persistent connections
+        # (CONN_MAX_AGE) would pile up; a process-wide psycopg pool reuses them instead.
+        DATABASES["default"]["CONN_MAX_AGE"] = 0
+        options["pool"] = {
+            "min_size": env_int("DATABASE_POOL_MIN_SIZE", 2),
+            "max_size": env_int("DATABASE_POOL_MAX_SIZE", 20),
+            "timeout": env_int("DATABASE_POOL_TIMEOUT_S", 10),
+        }
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 
